@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Throughput/latency benchmark: upstream direct vs nginx reverse proxy vs portcullis.
+#
+# Usage: bench/run.sh
+# Env knobs:
+#   BENCH_DURATION=10s     wrk -d per measured run
+#   BENCH_CONNECTIONS=50   wrk -c
+#   BENCH_THREADS=1        wrk -t
+#   BENCH_ROUNDS=3         interleaved rounds (upstream, nginx, portcullis, ...)
+#   BENCH_WARMUP=2s        unmeasured wrk run per target before round 1 ("0" = none)
+#   BENCH_PATH=/bench/hello  request path (same for every target)
+#   PROXY_CPU=0 LOAD_CPU=1 CPU pinning (proxy under test vs wrk + upstream)
+#   SKIP_PORTCULLIS=1      only benchmark upstream + nginx (no cargo build)
+#   SKIP_BUILD=1           use the existing binary, don't run cargo
+#   BENCH_KEEP=1           keep the temp dir (configs, logs, raw wrk output)
+#   CARGO_TARGET_DIR       default /work/target; binary is $CARGO_TARGET_DIR/release/portcullis
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target}"
+PORTCULLIS_BIN="$CARGO_TARGET_DIR/release/portcullis"
+
+DURATION="${BENCH_DURATION:-10s}"
+CONNECTIONS="${BENCH_CONNECTIONS:-50}"
+THREADS="${BENCH_THREADS:-1}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+WARMUP="${BENCH_WARMUP:-2s}"
+REQ_PATH="${BENCH_PATH:-/bench/hello}"
+PROXY_CPU="${PROXY_CPU:-0}"
+LOAD_CPU="${LOAD_CPU:-1}"
+SKIP_PORTCULLIS="${SKIP_PORTCULLIS:-0}"
+EXPECTED_BODY="hello from upstream"
+
+for tool in wrk nginx curl taskset ss awk sed; do
+    command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
+done
+
+WORK="$(mktemp -d /tmp/portcullis-bench.XXXXXX)"
+PIDS=()
+WRK_PID=
+
+# Stop everything we started: TERM first, KILL whatever is left after ~5s,
+# so an interrupted or failed run never leaves listeners behind.
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local pid
+    [ -n "$WRK_PID" ] && PIDS+=("$WRK_PID")
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+        echo "kept work dir: $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A port nothing listens on. Random start so parallel runs rarely collide;
+# the bind itself is the final check (startup fails loudly if we lost a race).
+# Sets the variable named $1 (not echo: a $(...) subshell would lose USED_PORTS).
+USED_PORTS=" "
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$(( 20000 + RANDOM % 30000 ))
+        if ! ss -Htln "sport = :$p" | grep -q . && [[ "$USED_PORTS" != *" $p "* ]]; then
+            USED_PORTS+="$p "
+            printf -v "$1" '%s' "$p"; return 0
+        fi
+    done
+    echo "no free port found" >&2; return 1
+}
+
+render() { # render TEMPLATE OUT PORT [UPSTREAM_PORT]
+    sed -e "s|@PREFIX@|$WORK|g" -e "s|@PORT@|$3|g" -e "s|@UPSTREAM_PORT@|${4:-}|g" "$1" >"$2"
+}
+
+# Wait until URL returns 200 with the expected body; bail out early if PID died.
+wait_ready() { # wait_ready NAME PID URL LOG
+    local body
+    for _ in $(seq 200); do
+        if ! kill -0 "$2" 2>/dev/null; then
+            echo "$1 exited during startup; log:" >&2; cat "$4" >&2 || true; return 1
+        fi
+        if body=$(curl -fsS --max-time 1 "$3" 2>/dev/null) && [ "$body" = "$EXPECTED_BODY" ]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "$1 not ready after 20s at $3 (last body: ${body:-<none>}); log:" >&2
+    cat "$4" >&2 || true
+    return 1
+}
+
+# --- build ----------------------------------------------------------------
+if [ "$SKIP_PORTCULLIS" != 1 ] && [ "${SKIP_BUILD:-0}" != 1 ]; then
+    echo "building release binary (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)..." >&2
+    (cd "$REPO" && cargo build --release --quiet)
+fi
+if [ "$SKIP_PORTCULLIS" != 1 ] && [ ! -x "$PORTCULLIS_BIN" ]; then
+    echo "no binary at $PORTCULLIS_BIN" >&2; exit 1
+fi
+
+# --- start servers ----------------------------------------------------------
+free_port UPSTREAM_PORT
+free_port NGINX_PORT
+free_port PORTCULLIS_PORT
+
+# The upstream shares LOAD_CPU with wrk so the proxy under test gets PROXY_CPU
+# to itself; both proxies see the exact same upstream and load generator.
+render "$HERE/upstream.nginx.conf.tmpl" "$WORK/upstream.conf" "$UPSTREAM_PORT"
+taskset -c "$LOAD_CPU" nginx -p "$WORK" -c "$WORK/upstream.conf" -e "$WORK/upstream.error.log" \
+    >"$WORK/upstream.out" 2>&1 &
+PIDS+=($!)
+wait_ready upstream "${PIDS[-1]}" "http://127.0.0.1:$UPSTREAM_PORT$REQ_PATH" "$WORK/upstream.error.log"
+
+render "$HERE/proxy.nginx.conf.tmpl" "$WORK/proxy.conf" "$NGINX_PORT" "$UPSTREAM_PORT"
+taskset -c "$PROXY_CPU" nginx -p "$WORK" -c "$WORK/proxy.conf" -e "$WORK/proxy.error.log" \
+    >"$WORK/proxy.out" 2>&1 &
+PIDS+=($!)
+wait_ready nginx "${PIDS[-1]}" "http://127.0.0.1:$NGINX_PORT$REQ_PATH" "$WORK/proxy.error.log"
+
+TARGETS=(upstream nginx)
+declare -A URL=(
+    [upstream]="http://127.0.0.1:$UPSTREAM_PORT$REQ_PATH"
+    [nginx]="http://127.0.0.1:$NGINX_PORT$REQ_PATH"
+)
+
+if [ "$SKIP_PORTCULLIS" != 1 ]; then
+    render "$HERE/portcullis.yaml.tmpl" "$WORK/portcullis.yaml" "$PORTCULLIS_PORT" "$UPSTREAM_PORT"
+    # Same core as nginx-proxy: equal hardware for the two proxies under test.
+    taskset -c "$PROXY_CPU" "$PORTCULLIS_BIN" run -c "$WORK/portcullis.yaml" \
+        >"$WORK/portcullis.log" 2>&1 &
+    PIDS+=($!)
+    wait_ready portcullis "${PIDS[-1]}" "http://127.0.0.1:$PORTCULLIS_PORT$REQ_PATH" "$WORK/portcullis.log"
+    TARGETS+=(portcullis)
+    URL[portcullis]="http://127.0.0.1:$PORTCULLIS_PORT$REQ_PATH"
+fi
+
+# --- measure --------------------------------------------------------------
+# wrk runs in the background + `wait` so a Ctrl-C/TERM interrupts the wait and
+# the trap fires immediately instead of after the current run ends.
+run_wrk() { # run_wrk URL DURATION OUTFILE
+    taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency "$1" >"$3" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID"
+    WRK_PID=
+}
+
+# wrk prints latency as e.g. 812.00us / 1.23ms / 1.02s / 1.50m; normalise to ms.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+        printf "%.3f", n }'
+}
+
+# Pull "rps p50 p99 non2xx socket_errors" out of one wrk output file.
+parse_wrk() {
+    local f=$1 rps p50 p99 non2xx errs
+    rps=$(awk '/^Requests\/sec:/ {print $2}' "$f")
+    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$f")")
+    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$f")")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$f")
+    errs=$(awk '/Socket errors:/ {sub(/^ *Socket errors: */, ""); gsub(/ /, ""); print}' "$f")
+    echo "${rps:-0} $p50 $p99 ${non2xx:-0} ${errs:-none}"
+}
+
+median() { # median DECIMALS NUMBER...
+    local d=$1; shift
+    printf '%s\n' "$@" | sort -g | awk -v d="$d" '{a[NR] = $1} END {
+        m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
+        printf "%." d "f", m }'
+}
+
+echo "## Portcullis benchmark"
+echo
+echo "- commit: $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo 'n/a (no commits)')"
+echo "- wrk: -t$THREADS -c$CONNECTIONS -d$DURATION --latency, path $REQ_PATH, $ROUNDS interleaved rounds, warm-up ${WARMUP}"
+echo "- CPU pinning (taskset, $(nproc) cores): proxy under test (nginx-proxy / portcullis) on CPU $PROXY_CPU; wrk + upstream nginx on CPU $LOAD_CPU"
+echo "  (so the 'upstream' row shares one core between wrk and the upstream: it's a reference, not a ceiling)"
+echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //'), 1 worker, access_log off, upstream keepalive 64"
+[ "$SKIP_PORTCULLIS" != 1 ] && echo "- portcullis: $PORTCULLIS_BIN, workers: 1, access_log off"
+# Other CPU load (e.g. a cargo build) skews results; record it so a noisy run is recognisable.
+echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+
+if [ "$WARMUP" != 0 ]; then
+    for t in "${TARGETS[@]}"; do run_wrk "${URL[$t]}" "$WARMUP" "$WORK/warmup-$t.txt"; done
+fi
+
+declare -A RPS P50 P99
+echo "### Raw rounds"
+echo
+echo "| round | target | req/s | p50 ms | p99 ms | non-2xx/3xx | socket errors |"
+echo "|---|---|---:|---:|---:|---:|---|"
+for r in $(seq "$ROUNDS"); do
+    for t in "${TARGETS[@]}"; do
+        out="$WORK/wrk-$r-$t.txt"
+        run_wrk "${URL[$t]}" "$DURATION" "$out"
+        read -r rps p50 p99 non2xx errs < <(parse_wrk "$out")
+        RPS[$t]+="$rps "; P50[$t]+="$p50 "; P99[$t]+="$p99 "
+        echo "| $r | $t | $rps | $p50 | $p99 | $non2xx | $errs |"
+        if [ "$non2xx" != 0 ] || [ "$errs" != none ]; then
+            echo "WARNING: $t round $r had non-2xx responses or socket errors; wrk output:" >&2
+            cat "$out" >&2
+        fi
+    done
+done
+echo
+
+echo "### Median of $ROUNDS rounds"
+echo
+echo "| target | req/s | p50 ms | p99 ms |"
+echo "|---|---:|---:|---:|"
+declare -A MRPS MP99
+for t in "${TARGETS[@]}"; do
+    # shellcheck disable=SC2086  # word-splitting the per-round lists is the point
+    MRPS[$t]=$(median 0 ${RPS[$t]}); MP99[$t]=$(median 3 ${P99[$t]})
+    # shellcheck disable=SC2086
+    echo "| $t | ${MRPS[$t]} | $(median 3 ${P50[$t]}) | ${MP99[$t]} |"
+done
+echo
+
+if [ "$SKIP_PORTCULLIS" != 1 ]; then
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+    echo "### portcullis / nginx"
+    echo
+    echo "| metric | ratio |"
+    echo "|---|---:|"
+    echo "| req/s (higher is better) | $(ratio "${MRPS[portcullis]}" "${MRPS[nginx]}") |"
+    echo "| p99 latency (lower is better) | $(ratio "${MP99[portcullis]}" "${MP99[nginx]}") |"
+    echo
+fi

@@ -1,0 +1,167 @@
+//! The HTTP backend: forwards a request to one target of an upstream over a pooled
+//! keep-alive connection and streams the response back.
+//!
+//! The request that goes upstream is the normalised one (same path the router and policies
+//! saw), rewritten as the route says, with hop-by-hop headers removed and the gateway's own
+//! headers (`X-Forwarded-*`, `Via`, request id) set last so nothing the client sent can undo
+//! them.
+
+use crate::body::{self, Body};
+use crate::compile::{Route, Settings};
+use crate::error::GatewayError;
+use crate::forwarded;
+use crate::policy::Ctx;
+use crate::upstream::Upstream;
+use http::{header, uri, HeaderValue, Request, Response, Uri, Version};
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// Facts about the client connection the forwarder needs.
+pub struct Peer {
+    pub ip: IpAddr,
+    pub trusted: bool,
+    pub tls: bool,
+}
+
+pub async fn forward(
+    up: &Upstream,
+    route: &Route,
+    settings: &Settings,
+    cx: &mut Ctx,
+    peer: &Peer,
+    req: Request<Body>,
+) -> Result<Response<Body>, GatewayError> {
+    let target = up.pick().ok_or_else(|| GatewayError::NoTarget {
+        upstream: up.name.to_string(),
+    })?;
+    cx.target = Some(target.label.clone());
+
+    let (mut parts, body) = req.into_parts();
+
+    // Path: normalised, rewritten, under the target's base path; query as the client sent it.
+    let path = route.rewrite.apply(&cx.path, &cx.params);
+    let query = parts.uri.query();
+    let mut pq = String::with_capacity(
+        target.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+    );
+    pq.push_str(&target.base_path);
+    pq.push_str(&path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let pq: uri::PathAndQuery = pq
+        .parse()
+        .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
+    parts.uri = Uri::from_parts({
+        let mut u = uri::Parts::default();
+        u.scheme = Some(target.scheme.clone());
+        u.authority = Some(target.authority.clone());
+        u.path_and_query = Some(pq);
+        u
+    })
+    .map_err(|_| GatewayError::Internal)?;
+
+    // Headers.
+    let original_host = parts.headers.get(header::HOST).cloned();
+    let client_version = parts.version;
+    forwarded::strip_hop_by_hop(
+        &mut parts.headers,
+        &route.protected,
+        &settings.request_id_header,
+    );
+    forwarded::set_forwarded(
+        &mut parts.headers,
+        peer.ip,
+        peer.trusted,
+        peer.tls,
+        original_host.as_ref(),
+    );
+    if !route.preserve_host || original_host.is_none() {
+        parts.headers.insert(
+            header::HOST,
+            HeaderValue::from_str(target.authority.as_str()).map_err(|_| GatewayError::Internal)?,
+        );
+    }
+    if let Some((v11, v2)) = &settings.via {
+        forwarded::append_via(
+            &mut parts.headers,
+            if client_version == Version::HTTP_2 {
+                v2
+            } else {
+                v11
+            },
+        );
+    }
+    parts
+        .headers
+        .insert(settings.request_id_header.clone(), cx.request_id.clone());
+    parts.version = match up.protocol {
+        crate::config::UpstreamProtocol::Http1 => Version::HTTP_11,
+        crate::config::UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+    if parts.version == Version::HTTP_2 {
+        // h2 carries the authority in :authority; a Host header too would be redundant.
+        parts.headers.remove(header::HOST);
+    }
+
+    let timeout = route.request_timeout.unwrap_or(up.request_timeout);
+    let sent = Instant::now();
+    let result =
+        tokio::time::timeout(timeout, up.client.request(Request::from_parts(parts, body))).await;
+    cx.upstream_latency = Some(sent.elapsed());
+    let res = match result {
+        Err(_) => {
+            return Err(GatewayError::UpstreamTimeout {
+                upstream: up.name.to_string(),
+                timeout_ms: timeout.as_millis(),
+            })
+        }
+        Ok(Err(e)) => return Err(classify(&e, up)),
+        Ok(Ok(res)) => res,
+    };
+
+    let (mut parts, body) = res.into_parts();
+    forwarded::strip_response_hop_by_hop(&mut parts.headers);
+    if let Some((v11, v2)) = &settings.via {
+        forwarded::append_via(
+            &mut parts.headers,
+            if parts.version == Version::HTTP_2 {
+                v2
+            } else {
+                v11
+            },
+        );
+    }
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(parts, body::boxed(body)))
+}
+
+/// Maps a client error to what the user should hear. A body cut by our own size limit is the
+/// client's fault (413), not the upstream's.
+fn classify(e: &hyper_util::client::legacy::Error, up: &Upstream) -> GatewayError {
+    let upstream = up.name.to_string();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    let mut timed_out = false;
+    while let Some(s) = source {
+        if let Some(tl) = s.downcast_ref::<crate::body::TooLarge>() {
+            return GatewayError::BodyTooLarge { limit: tl.0 };
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                timed_out = true;
+            }
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        if timed_out {
+            GatewayError::UpstreamConnectTimeout { upstream }
+        } else {
+            GatewayError::UpstreamConnect { upstream }
+        }
+    } else {
+        tracing::debug!(upstream = %up.name, error = %e, "upstream request failed");
+        GatewayError::UpstreamProtocol { upstream }
+    }
+}

@@ -1,0 +1,262 @@
+//! Proxy headers: hop-by-hop removal, `X-Forwarded-*`, `Via`, and who the client is.
+//!
+//! `X-Forwarded-For` is only believed from `server.trusted_proxies`: from anyone else it is
+//! replaced, so a client cannot pick the address that logs, IP filters and rate limits see.
+//! A client's `Connection` header may name hop-by-hop headers to drop, but never one the
+//! gateway checked (route predicates, `Host`, credentials) or sets itself.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers the gateway sets on the upstream request; never removable through `Connection`.
+fn gateway_owned(name: &HeaderName, request_id: &HeaderName) -> bool {
+    name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+        || name == header::VIA
+        || name == request_id
+}
+
+/// Removes hop-by-hop headers and the ones the `Connection` header lists, except `protected`
+/// and gateway-owned ones. `Upgrade` goes too: this gateway does not tunnel upgrades yet.
+pub fn strip_hop_by_hop(
+    headers: &mut HeaderMap,
+    protected: &[HeaderName],
+    request_id: &HeaderName,
+) {
+    for name in connection_listed(headers) {
+        if !protected.contains(&name) && !gateway_owned(&name, request_id) {
+            headers.remove(&name);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Header names listed in every `Connection` header, without `close` and `keep-alive`.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut out = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        for t in v.to_str().unwrap_or("").split(',').map(str::trim) {
+            if t.is_empty()
+                || t.eq_ignore_ascii_case("close")
+                || t.eq_ignore_ascii_case("keep-alive")
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
+/// Removes hop-by-hop headers from an upstream response.
+pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
+    for n in connection_listed(headers) {
+        headers.remove(n);
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+pub fn is_trusted(ip: IpAddr, trusted: &[ipnet::IpNet]) -> bool {
+    let ip = canonical(ip);
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// The client's address: the peer, or — when the peer is a trusted proxy — the right-most
+/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let peer = canonical(peer);
+    if trusted.is_empty() || !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        for part in v.to_str().unwrap_or("").split(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(ip) => hops.push(canonical(ip)),
+                // An unparsable hop ends what can be believed.
+                Err(_) => hops.clear(),
+            }
+        }
+    }
+    hops.into_iter()
+        .rev()
+        .find(|ip| !is_trusted(*ip, trusted))
+        .unwrap_or(peer)
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` for the upstream request.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    tls: bool,
+    original_host: Option<&HeaderValue>,
+) {
+    let peer = canonical(peer);
+    let peer_s = peer.to_string();
+    let xff = if peer_trusted {
+        let prior: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer_s
+        } else {
+            format!("{}, {peer_s}", prior.join(", "))
+        }
+    } else {
+        peer_s
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(&X_FORWARDED_FOR, v);
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(
+            &X_FORWARDED_PROTO,
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match original_host {
+            Some(h) => {
+                headers.insert(&X_FORWARDED_HOST, h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// Appends this gateway to `Via`.
+pub fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
+    match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => {
+            if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {}", via.to_str().unwrap_or("")))
+            {
+                headers.insert(header::VIA, v);
+            }
+        }
+        _ => {
+            headers.insert(header::VIA, via.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> Vec<ipnet::IpNet> {
+        s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn xff_only_from_trusted() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, "6.6.6.6, 1.2.3.4".parse().unwrap());
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        assert_eq!(client_ip(peer, &h, &[]), peer);
+        assert_eq!(
+            client_ip(peer, &h, &nets(&["10.0.0.0/8"])),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(peer, &h, &nets(&["10.0.0.0/8", "1.2.3.0/24"])),
+            "6.6.6.6".parse::<IpAddr>().unwrap()
+        );
+        let untrusted: IpAddr = "8.8.8.8".parse().unwrap();
+        assert_eq!(client_ip(untrusted, &h, &nets(&["10.0.0.0/8"])), untrusted);
+    }
+
+    #[test]
+    fn set_forwarded_replaces_untrusted() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
+        h.insert(&X_FORWARDED_PROTO, "https".parse().unwrap());
+        let host = HeaderValue::from_static("api.example.com");
+        set_forwarded(
+            &mut h,
+            "1.2.3.4".parse().unwrap(),
+            false,
+            false,
+            Some(&host),
+        );
+        assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "api.example.com");
+
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, true, None);
+        assert_eq!(h[&X_FORWARDED_FOR], "6.6.6.6, 10.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+    }
+
+    #[test]
+    fn connection_cannot_strip_protected() {
+        let rid = HeaderName::from_static("x-request-id");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "close, x-api-key, authorization, x-forwarded-for, x-custom"
+                .parse()
+                .unwrap(),
+        );
+        h.insert("x-api-key", "k".parse().unwrap());
+        h.insert(header::AUTHORIZATION, "a".parse().unwrap());
+        h.insert("x-custom", "c".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        strip_hop_by_hop(
+            &mut h,
+            &[header::AUTHORIZATION, HeaderName::from_static("x-api-key")],
+            &rid,
+        );
+        assert!(h.contains_key("x-api-key"));
+        assert!(h.contains_key(header::AUTHORIZATION));
+        assert!(!h.contains_key("x-custom"));
+        assert!(!h.contains_key(header::CONNECTION));
+        assert!(!h.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn via_appends() {
+        let mut h = HeaderMap::new();
+        append_via(&mut h, &HeaderValue::from_static("1.1 portcullis"));
+        assert_eq!(h[header::VIA], "1.1 portcullis");
+        append_via(&mut h, &HeaderValue::from_static("1.1 portcullis"));
+        assert_eq!(h[header::VIA], "1.1 portcullis, 1.1 portcullis");
+    }
+}

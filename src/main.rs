@@ -1,0 +1,180 @@
+//! The `portcullis` command: run, validate, routes, demo.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use portcullis::server::{self, ConfigSource, Options};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An API gateway: one YAML file, compiled, hot-reloaded."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway with a config file (reloads on file change and SIGHUP).
+    Run {
+        /// The YAML config file.
+        #[arg(short, long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a config file; prints every error with file:line:column and field path.
+    Validate {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print the compiled route table of a config file.
+    Routes {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run the bundled quick-start config with a built-in demo upstream.
+    Demo {
+        /// Where the demo gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Validate { config } => {
+            let pools = portcullis::upstream::Pools::default();
+            match portcullis::compile::load_and_compile(&config, &pools) {
+                Ok(gw) => {
+                    println!(
+                        "{}: ok ({} routes, {} upstreams, {} listeners)",
+                        config.display(),
+                        gw.routes.len(),
+                        gw.upstreams.len(),
+                        gw.listeners.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(d) => {
+                    eprint!("{d}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Cmd::Routes { config } => {
+            let pools = portcullis::upstream::Pools::default();
+            match portcullis::compile::load_and_compile(&config, &pools) {
+                Ok(gw) => {
+                    print!("{}", gw.route_table());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(d) => {
+                    eprint!("{d}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Cmd::Run { config } => {
+            let workers = match portcullis::config::load_file(&config) {
+                Ok(l) => l.config.workers,
+                Err(d) => {
+                    eprint!("{d}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            serve(Options::file(config), workers)
+        }
+        Cmd::Demo { bind } => {
+            let rt = runtime(None)?;
+            rt.block_on(async {
+                let echo = portcullis::demo::start_echo()
+                    .await
+                    .context("starting the demo upstream")?;
+                let mut vars = HashMap::new();
+                vars.insert("PORTCULLIS_DEMO_UPSTREAM".to_owned(), echo.to_string());
+                vars.insert("PORTCULLIS_BIND".to_owned(), bind);
+                let opts = Options {
+                    source: ConfigSource::Inline {
+                        name: "examples/quickstart.yaml (bundled)".into(),
+                        text: portcullis::demo::QUICKSTART.into(),
+                        vars,
+                    },
+                    watch: false,
+                    sighup: false,
+                };
+                tracing::info!(upstream = %echo, "demo upstream started");
+                serve_until_signal(opts).await
+            })
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if let Some(w) = workers {
+        b.worker_threads(w);
+    }
+    b.build().context("starting the async runtime")
+}
+
+fn serve(opts: Options, workers: Option<usize>) -> Result<ExitCode> {
+    runtime(workers)?.block_on(serve_until_signal(opts))
+}
+
+async fn serve_until_signal(opts: Options) -> Result<ExitCode> {
+    let handle = match server::start(opts).await {
+        Ok(h) => h,
+        Err(server::StartError::Config(d)) => {
+            eprint!("{d}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for (name, addr) in handle.addrs() {
+        tracing::info!(%name, %addr, "portcullis is serving");
+    }
+    wait_for_stop().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    if handle.shutdown().await {
+        tracing::info!("drained; bye");
+    } else {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

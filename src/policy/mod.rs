@@ -1,0 +1,167 @@
+//! The policy seam: per-route request/response steps, built once from config and run per
+//! request in one fixed phase order.
+//!
+//! A policy is a value built from its config at compile time ([`Build`]) that is then called
+//! for every request ([`Policy`]). A policy that answers early returns [`Flow::Respond`]; the
+//! short-circuit is a typed, `#[must_use]` value, never a bool. The [`policies!`] list below is
+//! the one registry: list position is the phase order, and each entry expands into the config
+//! enum ([`PolicyConfig`]) and the static-dispatch enum ([`AnyPolicy`]).
+//!
+//! Adding a policy = its own file + one line in the registry.
+
+pub mod deprecation;
+
+use crate::body::Body;
+use crate::error::GatewayError;
+use crate::router::Params;
+use http::{HeaderValue, Request, Response};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the pipeline and its policies learn about a request, for later policies, the backend
+/// and the access log.
+#[derive(Debug)]
+pub struct Ctx {
+    pub request_id: HeaderValue,
+    pub client: SocketAddr,
+    /// The connection came over TLS.
+    pub tls: bool,
+    pub started: Instant,
+    /// Index of the matched route in the gateway snapshot.
+    pub route: usize,
+    pub route_name: Arc<str>,
+    pub params: Params,
+    /// The normalised request path (what routing saw and what is forwarded).
+    pub path: String,
+    /// `host:port` of the upstream target that served the request, for the access log.
+    pub target: Option<Arc<str>>,
+    /// Time from sending upstream until the response headers came back.
+    pub upstream_latency: Option<std::time::Duration>,
+}
+
+impl Ctx {
+    pub fn request_id_str(&self) -> &str {
+        self.request_id.to_str().unwrap_or("")
+    }
+}
+
+/// The outcome of a request policy.
+#[must_use]
+pub enum Flow {
+    Continue,
+    Respond(Response<Body>),
+}
+
+/// A request/response step. Policies are immutable after build; per-request state goes in
+/// [`Ctx`], shared state (counters) in `state`.
+pub trait Policy: Send + Sync + 'static {
+    /// Runs before the backend, in registry order.
+    fn on_request(
+        &self,
+        cx: &mut Ctx,
+        req: &mut Request<Body>,
+    ) -> impl Future<Output = Result<Flow, GatewayError>> + Send;
+
+    /// Runs after the backend in reverse order, also for early answers of later policies.
+    fn on_response(
+        &self,
+        _cx: &mut Ctx,
+        _res: &mut Response<Body>,
+    ) -> impl Future<Output = Result<(), GatewayError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Building a policy from its config at compile time. Errors are messages for the
+/// diagnostic at the policy's config path.
+pub trait Build: Sized {
+    type Config;
+    fn build(cfg: &Self::Config) -> Result<Self, String>;
+}
+
+/// The registry: `Variant = "yaml_key" => module::Type`. Order = phase order.
+macro_rules! policies {
+    ($($variant:ident = $key:literal => $ty:ty),* $(,)?) => {
+        /// One entry of a route's `policies:` list.
+        #[derive(Debug, Clone, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub enum PolicyConfig {
+            $( #[serde(rename = $key)] $variant(<$ty as Build>::Config), )*
+        }
+
+        /// A built policy (static dispatch).
+        pub enum AnyPolicy {
+            $( $variant($ty), )*
+        }
+
+        /// Phase order, as YAML keys.
+        pub const ORDER: &[&str] = &[$($key),*];
+
+        impl PolicyConfig {
+            pub fn key(&self) -> &'static str {
+                match self { $( PolicyConfig::$variant(_) => $key, )* }
+            }
+            fn phase(&self) -> usize {
+                ORDER.iter().position(|k| *k == self.key()).unwrap_or(usize::MAX)
+            }
+            pub fn build(&self) -> Result<AnyPolicy, String> {
+                match self { $( PolicyConfig::$variant(c) => Ok(AnyPolicy::$variant(<$ty as Build>::build(c)?)), )* }
+            }
+        }
+
+        impl AnyPolicy {
+            pub async fn on_request(&self, cx: &mut Ctx, req: &mut Request<Body>) -> Result<Flow, GatewayError> {
+                match self { $( AnyPolicy::$variant(p) => p.on_request(cx, req).await, )* }
+            }
+            pub async fn on_response(&self, cx: &mut Ctx, res: &mut Response<Body>) -> Result<(), GatewayError> {
+                match self { $( AnyPolicy::$variant(p) => p.on_response(cx, res).await, )* }
+            }
+        }
+    };
+}
+
+policies! {
+    // Lifecycle first: a retired API answers 410 before anything else spends work on it.
+    Deprecation = "deprecation" => deprecation::Deprecation,
+}
+
+/// Sorts a route's policy configs into phase order (stable: same-kind entries keep file order).
+pub fn in_phase_order(mut list: Vec<(usize, PolicyConfig)>) -> Vec<(usize, PolicyConfig)> {
+    list.sort_by_key(|(_, p)| p.phase());
+    list
+}
+
+/// A route's ready-made chain.
+pub type Chain = Arc<[AnyPolicy]>;
+
+/// Runs the request side of a chain. Returns how many policies ran (the response side runs
+/// for exactly those, in reverse) and the early answer if one came.
+pub async fn run_request(
+    chain: &[AnyPolicy],
+    cx: &mut Ctx,
+    req: &mut Request<Body>,
+) -> (usize, Result<Option<Response<Body>>, GatewayError>) {
+    for (i, p) in chain.iter().enumerate() {
+        match p.on_request(cx, req).await {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Respond(res)) => return (i + 1, Ok(Some(res))),
+            Err(e) => return (i + 1, Err(e)),
+        }
+    }
+    (chain.len(), Ok(None))
+}
+
+/// Runs the response side for the first `ran` policies, last first.
+pub async fn run_response(
+    chain: &[AnyPolicy],
+    ran: usize,
+    cx: &mut Ctx,
+    res: &mut Response<Body>,
+) -> Result<(), GatewayError> {
+    for p in chain[..ran].iter().rev() {
+        p.on_response(cx, res).await?;
+    }
+    Ok(())
+}

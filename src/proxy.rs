@@ -1,0 +1,394 @@
+//! The request pipeline, in one place and one order:
+//!
+//! ```text
+//! request id → head checks (size 431, duplicate credentials/Host, framing 400)
+//!   → normalise path (400) → route (404 / 405)
+//!   → request policies (registry order; may answer early)
+//!   → body limit (413) → backend (upstream 502/503/504, or direct response)
+//!   → response policies (reverse order, also for early answers and errors)
+//!   → request id on the response → access log when the body is done
+//! ```
+//!
+//! The snapshot (`Gateway`) is loaded once per request and held to the end, so a reload
+//! never changes the config under a request in flight.
+
+use crate::backend::{self, http::Peer, Backend};
+use crate::body::{self, Body, BodyStats, Limited};
+use crate::compile::Gateway;
+use crate::error::GatewayError;
+use crate::forwarded;
+use crate::normalize::{normalize_path, PathError};
+use crate::observe::access_log::{Record, Sink};
+use crate::observe::request_id;
+use crate::policy::{self, Ctx};
+use crate::router::{Match, RequestView};
+use http::{header, HeaderMap, HeaderValue, Request, Response, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+/// One config snapshot with the access-log sink it writes to.
+pub struct Snapshot {
+    pub gateway: Gateway,
+    pub log: Option<Sink>,
+    pub generation: u64,
+}
+
+/// Facts about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Credentials that must appear at most once: with two, the gateway might check one and the
+/// upstream use the other.
+static SINGLE: [header::HeaderName; 3] = [
+    header::AUTHORIZATION,
+    header::HOST,
+    header::HeaderName::from_static("x-api-key"),
+];
+
+pub async fn handle<B>(snap: Arc<Snapshot>, conn: ConnInfo, req: Request<B>) -> Response<Body>
+where
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    let started = Instant::now();
+    let time = SystemTime::now();
+    let gw = &snap.gateway;
+    let s = &gw.settings;
+    let request_id =
+        request_id::for_request(req.headers(), &s.request_id_header, s.trust_incoming_id);
+    let peer_trusted =
+        !s.trusted_proxies.is_empty() && forwarded::is_trusted(conn.peer.ip(), &s.trusted_proxies);
+    let client = if peer_trusted {
+        forwarded::client_ip(conn.peer.ip(), req.headers(), &s.trusted_proxies)
+    } else {
+        conn.peer.ip()
+    };
+    let method = req.method().clone();
+    let version = req.version();
+    let host = host_of(&req);
+
+    let mut cx = Ctx {
+        request_id,
+        client: SocketAddr::new(client, conn.peer.port()),
+        tls: conn.tls,
+        started,
+        route: usize::MAX,
+        route_name: Arc::from(""),
+        params: Default::default(),
+        path: String::new(),
+        target: None,
+        upstream_latency: None,
+    };
+    let peer = Peer {
+        ip: conn.peer.ip(),
+        trusted: peer_trusted,
+        tls: conn.tls,
+    };
+    let mut stats = None;
+    let res = pipeline(gw, &mut cx, &peer, &host, req, &mut stats).await;
+    let mut res = match res {
+        Ok(r) => r,
+        Err(e) => {
+            if e.fault() != crate::error::Fault::Client {
+                tracing::warn!(request_id = cx.request_id_str(), route = &*cx.route_name, error = %e, "request failed");
+            }
+            let mut r = e.to_response(cx.request_id_str());
+            // Response policies of the matched route still run (CORS, lifecycle headers).
+            if let Some(route) = gw.routes.get(cx.route) {
+                let _ =
+                    policy::run_response(&route.chain, route.chain.len(), &mut cx, &mut r).await;
+            }
+            r
+        }
+    };
+    res.headers_mut()
+        .insert(s.request_id_header.clone(), cx.request_id.clone());
+
+    let Some(sink) = snap.log.clone() else {
+        return res;
+    };
+    let path = if cx.path.is_empty() {
+        "-".to_owned()
+    } else {
+        std::mem::take(&mut cx.path)
+    };
+    let record = Record {
+        time,
+        request_id: cx.request_id,
+        client,
+        method,
+        host,
+        path,
+        version,
+        route: (cx.route != usize::MAX).then_some(cx.route_name),
+        target: cx.target,
+        status: res.status().as_u16(),
+        bytes_in: 0,
+        bytes_out: 0,
+        duration: Default::default(),
+        upstream: cx.upstream_latency,
+    };
+    let format = s.access_log.format;
+    res.map(|b| {
+        body::boxed(Observed {
+            inner: b,
+            bytes: 0,
+            pending: Some(Box::new(Pending {
+                sink,
+                format,
+                record,
+                started,
+                stats,
+            })),
+        })
+    })
+}
+
+fn host_of<B>(req: &Request<B>) -> String {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("");
+    let no_userinfo = raw.rsplit('@').next().unwrap_or(raw);
+    let host = if no_userinfo.starts_with('[') {
+        no_userinfo
+            .split_inclusive(']')
+            .next()
+            .unwrap_or(no_userinfo)
+    } else {
+        no_userinfo.split(':').next().unwrap_or(no_userinfo)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn head_size<B>(req: &Request<B>) -> u64 {
+    let mut n = req.uri().to_string().len() as u64 + 16;
+    for (k, v) in req.headers() {
+        n += (k.as_str().len() + v.len() + 4) as u64;
+    }
+    n
+}
+
+fn check_head<B>(req: &Request<B>, max: u64) -> Result<(), GatewayError> {
+    if head_size(req) > max {
+        return Err(GatewayError::HeadersTooLarge { limit: max });
+    }
+    let h: &HeaderMap = req.headers();
+    for name in &SINGLE {
+        let mut all = h.get_all(name).iter();
+        if all.next().is_some() && all.next().is_some() {
+            return Err(GatewayError::BadRequest(match *name {
+                header::HOST => "the request has more than one Host header",
+                _ => "the request repeats a credential header",
+            }));
+        }
+    }
+    if req.version() == Version::HTTP_11
+        && req.uri().authority().is_none()
+        && !h.contains_key(header::HOST)
+    {
+        return Err(GatewayError::BadRequest(
+            "an HTTP/1.1 request needs a Host header",
+        ));
+    }
+    let cls = h.get_all(header::CONTENT_LENGTH).iter().count();
+    if cls > 1 {
+        return Err(GatewayError::BadRequest(
+            "the request has more than one Content-Length",
+        ));
+    }
+    if cls == 1 && h.contains_key(header::TRANSFER_ENCODING) {
+        return Err(GatewayError::BadRequest(
+            "the request has both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if req.uri().path().contains('#') {
+        return Err(GatewayError::BadRequest(
+            "the request target contains a fragment",
+        ));
+    }
+    Ok(())
+}
+
+async fn pipeline<B>(
+    gw: &Gateway,
+    cx: &mut Ctx,
+    peer: &Peer,
+    host: &str,
+    req: Request<B>,
+    stats: &mut Option<Arc<BodyStats>>,
+) -> Result<Response<Body>, GatewayError>
+where
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    check_head(&req, gw.settings.max_header_size)?;
+    let path = normalize_path(req.uri().path()).map_err(|e| {
+        GatewayError::BadRequest(match e {
+            PathError::NotAbsolute => "the request target must be an absolute path",
+            PathError::BadEscape => "the path contains a malformed percent-escape",
+            PathError::EncodedSeparator => "the path contains an encoded '/' or '\\'",
+            PathError::Backslash => "the path contains a backslash",
+            PathError::Nul => "the path contains a NUL byte",
+        })
+    })?;
+    cx.path = path.into_owned();
+
+    let found = gw.router.find(&RequestView {
+        host,
+        method: req.method(),
+        path: &cx.path,
+        headers: req.headers(),
+        query: req.uri().query(),
+    });
+    let (route_idx, params) = match found {
+        Match::Found { route, params } => (route, params),
+        Match::MethodNotAllowed { allow } => return Err(GatewayError::MethodNotAllowed { allow }),
+        Match::NotFound => return Err(GatewayError::RouteNotFound),
+    };
+    let route = &gw.routes[route_idx];
+    cx.route = route_idx;
+    cx.route_name = route.name.clone();
+    cx.params = params;
+
+    // Body: refuse what is announced too large before reading any of it; cap the rest as it
+    // streams.
+    let (parts, incoming) = req.into_parts();
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > route.max_body {
+            return Err(GatewayError::BodyTooLarge {
+                limit: route.max_body,
+            });
+        }
+    }
+    let body = if incoming.is_end_stream() {
+        body::empty()
+    } else {
+        let st = Arc::new(BodyStats::default());
+        *stats = Some(st.clone());
+        body::boxed(Limited::new(incoming, route.max_body, st))
+    };
+    let mut req = Request::from_parts(parts, body);
+
+    let (ran, early) = policy::run_request(&route.chain, cx, &mut req).await;
+    let mut res = match early {
+        Ok(Some(res)) => res,
+        Ok(None) => match &route.backend {
+            Backend::Respond(r) => r.respond(),
+            Backend::Http(up) => {
+                match backend::http::forward(up, route, &gw.settings, cx, peer, req).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // The limit tripping mid-stream surfaces as an upstream send error.
+                        let tripped = stats
+                            .as_ref()
+                            .is_some_and(|s| s.tripped.load(Ordering::Acquire));
+                        let e = if tripped {
+                            GatewayError::BodyTooLarge {
+                                limit: route.max_body,
+                            }
+                        } else {
+                            e
+                        };
+                        let mut r = e.to_response(cx.request_id_str());
+                        policy::run_response(&route.chain, ran, cx, &mut r).await?;
+                        return Ok(r);
+                    }
+                }
+            }
+        },
+        Err(e) => {
+            let mut r = e.to_response(cx.request_id_str());
+            policy::run_response(&route.chain, ran, cx, &mut r).await?;
+            return Ok(r);
+        }
+    };
+    policy::run_response(&route.chain, ran, cx, &mut res).await?;
+    Ok(res)
+}
+
+/// The access-log line waiting for its response body to finish.
+struct Pending {
+    sink: Sink,
+    format: crate::config::AccessLogFormat,
+    record: Record,
+    started: Instant,
+    stats: Option<Arc<BodyStats>>,
+}
+
+pin_project_lite::pin_project! {
+    /// Counts response bytes and writes the access-log line when the body is done or dropped
+    /// (client gone).
+    struct Observed {
+        #[pin]
+        inner: Body,
+        bytes: u64,
+        pending: Option<Box<Pending>>,
+    }
+
+    impl PinnedDrop for Observed {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(mut p) = this.pending.take() {
+                p.record.bytes_out = *this.bytes;
+                p.record.duration = p.started.elapsed();
+                p.record.bytes_in = p.stats.as_ref().map_or(0, |s| s.bytes.load(Ordering::Relaxed));
+                p.sink.write(p.record.format(p.format));
+            }
+        }
+    }
+}
+
+impl HttpBody for Observed {
+    type Data = bytes::Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                *this.bytes += d.len() as u64;
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Answers used by the listener when a request cannot even reach the pipeline.
+pub fn internal_error() -> Response<Body> {
+    let mut r = GatewayError::Internal.to_response("");
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}

@@ -1,0 +1,612 @@
+//! The running server: listeners, connections (TLS, HTTP/1.1, h2c, h2), hot reload and
+//! graceful shutdown.
+//!
+//! - One accept loop per listener; each connection is served by hyper's auto builder (HTTP/1.1
+//!   or HTTP/2 by preface; over TLS, ALPN offers h2 and http/1.1).
+//! - The current config snapshot sits in an `ArcSwap`; every request loads it once.
+//! - Reload (file change, SIGHUP, or [`ServerHandle::reload`]) reads and compiles the file on a
+//!   blocking thread, binds any new listener addresses, then swaps. A bad file or a bind
+//!   failure leaves the old snapshot serving; listeners whose `bind` is unchanged keep their
+//!   socket; removed ones stop accepting and their connections drain.
+//! - Shutdown stops every accept loop and waits up to `server.shutdown_grace` for in-flight
+//!   requests.
+
+pub mod tls;
+
+use crate::compile::{self, CompileEnv, Gateway};
+use crate::config::{self, Diagnostics};
+use crate::observe::access_log::Sink;
+use crate::proxy::{self, ConnInfo, Snapshot};
+use crate::upstream::Pools;
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Where the config comes from.
+#[derive(Clone)]
+pub enum ConfigSource {
+    /// A file: watched for changes and re-read on reload.
+    File(PathBuf),
+    /// Text held in memory (the bundled demo), with extra `${VAR}` values.
+    Inline {
+        name: String,
+        text: String,
+        vars: HashMap<String, String>,
+    },
+}
+
+impl ConfigSource {
+    fn load(&self, pools: &Pools) -> Result<Gateway, Diagnostics> {
+        match self {
+            ConfigSource::File(p) => compile::load_and_compile(p, pools),
+            ConfigSource::Inline { name, text, vars } => {
+                let env = |k: &str| vars.get(k).cloned().or_else(|| std::env::var(k).ok());
+                let loaded = config::load_str(name, text, &env)?;
+                compile::compile(
+                    &loaded,
+                    &CompileEnv {
+                        base_dir: PathBuf::from("."),
+                        pools,
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// Options for [`start`].
+#[derive(Clone)]
+pub struct Options {
+    pub source: ConfigSource,
+    /// Reload when the file changes. Default true.
+    pub watch: bool,
+    /// Reload on SIGHUP; shut down is left to the caller. Default true.
+    pub sighup: bool,
+}
+
+impl Options {
+    pub fn file(path: impl Into<PathBuf>) -> Options {
+        Options {
+            source: ConfigSource::File(path.into()),
+            watch: true,
+            sighup: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] Diagnostics),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// A listener that is accepting.
+struct Running {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Kind {
+    Proxy,
+    Admin,
+}
+
+struct State {
+    current: ArcSwap<Snapshot>,
+    source: ConfigSource,
+    pools: Arc<Pools>,
+    generation: AtomicU64,
+    running: Mutex<HashMap<(Kind, String), Running>>,
+    sinks: Mutex<HashMap<Option<String>, Sink>>,
+    graceful: Mutex<Option<GracefulShutdown>>,
+    reload_lock: tokio::sync::Mutex<()>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+}
+
+/// A handle on a started server.
+#[derive(Clone)]
+pub struct ServerHandle {
+    state: Arc<State>,
+}
+
+/// Compiles the config, binds every listener and starts serving on the current tokio runtime.
+pub async fn start(opts: Options) -> Result<ServerHandle, StartError> {
+    let pools = Arc::new(Pools::default());
+    let source = opts.source.clone();
+    let gw = {
+        let (source, pools) = (source.clone(), pools.clone());
+        tokio::task::spawn_blocking(move || source.load(&pools))
+            .await
+            .expect("compile does not panic")?
+    };
+    let state = Arc::new(State {
+        current: ArcSwap::from_pointee(Snapshot {
+            gateway: empty_gateway(&gw),
+            log: None,
+            generation: 0,
+        }),
+        source,
+        pools,
+        generation: AtomicU64::new(0),
+        running: Mutex::new(HashMap::new()),
+        sinks: Mutex::new(HashMap::new()),
+        graceful: Mutex::new(Some(GracefulShutdown::new())),
+        reload_lock: tokio::sync::Mutex::new(()),
+        reloads_ok: AtomicU64::new(0),
+        reloads_failed: AtomicU64::new(0),
+    });
+    let handle = ServerHandle { state };
+    handle.install(gw).await?;
+    if opts.watch {
+        if let ConfigSource::File(p) = &opts.source {
+            spawn_watcher(handle.clone(), p.clone());
+        }
+    }
+    if opts.sighup {
+        spawn_sighup(handle.clone());
+    }
+    Ok(handle)
+}
+
+/// A placeholder snapshot for the instant before the first install (never served).
+fn empty_gateway(gw: &Gateway) -> Gateway {
+    Gateway {
+        listeners: Vec::new(),
+        admin: None,
+        router: Default::default(),
+        routes: Vec::new(),
+        upstreams: Default::default(),
+        settings: compile::Settings {
+            request_id_header: gw.settings.request_id_header.clone(),
+            trust_incoming_id: false,
+            trusted_proxies: Vec::new(),
+            max_header_size: gw.settings.max_header_size,
+            shutdown_grace: gw.settings.shutdown_grace,
+            via: None,
+            access_log: Default::default(),
+        },
+        workers: None,
+        source: gw.source.clone(),
+    }
+}
+
+impl ServerHandle {
+    /// Addresses the proxy listeners are bound to, by listener name, in config order.
+    pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
+        let snap = self.state.current.load();
+        let running = self.state.running.lock().unwrap_or_else(|e| e.into_inner());
+        snap.gateway
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                running
+                    .get(&(Kind::Proxy, l.bind_key.clone()))
+                    .map(|r| (l.name.clone(), r.addr))
+            })
+            .collect()
+    }
+
+    /// The first proxy listener's address (tests, demo).
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs()
+            .first()
+            .map(|(_, a)| *a)
+            .expect("at least one listener")
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        let snap = self.state.current.load();
+        let admin = snap.gateway.admin.as_ref()?;
+        let running = self.state.running.lock().unwrap_or_else(|e| e.into_inner());
+        running
+            .get(&(Kind::Admin, admin.bind_key.clone()))
+            .map(|r| r.addr)
+    }
+
+    /// The snapshot generation: 1 after start, +1 per successful reload.
+    pub fn generation(&self) -> u64 {
+        self.state.current.load().generation
+    }
+
+    /// (successful, failed) reloads so far.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.state.reloads_ok.load(Ordering::Relaxed),
+            self.state.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Re-reads and compiles the config; on any error the running config stays.
+    pub async fn reload(&self) -> Result<u64, StartError> {
+        let _guard = self.state.reload_lock.lock().await;
+        let source = self.state.source.clone();
+        let state = self.state.clone();
+        let compiled = tokio::task::spawn_blocking(move || source.load(&state.pools))
+            .await
+            .expect("compile does not panic");
+        let result = match compiled {
+            Ok(gw) => self.install(gw).await,
+            Err(d) => Err(StartError::Config(d)),
+        };
+        match &result {
+            Ok(()) => {
+                self.state.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(generation = self.generation(), "config reloaded");
+            }
+            Err(e) => {
+                self.state.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("config reload rejected, the previous config keeps serving:\n{e}");
+            }
+        }
+        result.map(|()| self.generation())
+    }
+
+    /// Binds new listeners, swaps the snapshot, stops removed listeners.
+    async fn install(&self, gw: Gateway) -> Result<(), StartError> {
+        let st = &self.state;
+        // Bind what is new, before touching anything that serves.
+        let mut wanted: Vec<((Kind, String), SocketAddr)> = gw
+            .listeners
+            .iter()
+            .map(|l| ((Kind::Proxy, l.bind_key.clone()), l.addr))
+            .collect();
+        if let Some(a) = &gw.admin {
+            wanted.push(((Kind::Admin, a.bind_key.clone()), a.addr));
+        }
+        let mut fresh = Vec::new();
+        {
+            let running = st.running.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, addr) in &wanted {
+                if running.contains_key(key) {
+                    continue;
+                }
+                match bind(*addr) {
+                    Ok(l) => fresh.push((key.clone(), l)),
+                    Err(source) => {
+                        return Err(StartError::Bind {
+                            addr: key.1.clone(),
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        let log = match gw.settings.access_log.format {
+            crate::config::AccessLogFormat::Off => None,
+            _ => {
+                let path = gw.settings.access_log.path.clone();
+                let mut sinks = st.sinks.lock().unwrap_or_else(|e| e.into_inner());
+                match sinks.get(&path) {
+                    Some(s) => Some(s.clone()),
+                    None => {
+                        let s = Sink::open(path.as_deref()).map_err(StartError::AccessLog)?;
+                        sinks.insert(path, s.clone());
+                        Some(s)
+                    }
+                }
+            }
+        };
+        let old_workers = st.current.load().gateway.workers;
+        let generation = st.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        if generation > 1 && old_workers != gw.workers {
+            tracing::warn!("`workers` changed; it takes effect at the next restart");
+        }
+        st.current.store(Arc::new(Snapshot {
+            gateway: gw,
+            log,
+            generation,
+        }));
+        // Start the new accept loops, stop the removed ones.
+        let mut running = st.running.lock().unwrap_or_else(|e| e.into_inner());
+        for ((kind, key), listener) in fresh {
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: key.clone(),
+                source,
+            })?;
+            let (stop, rx) = watch::channel(false);
+            tracing::info!(listener = %key, %addr, admin = kind == Kind::Admin, "listening");
+            tokio::spawn(accept_loop(self.clone(), kind, key.clone(), listener, rx));
+            running.insert((kind, key), Running { addr, stop });
+        }
+        running.retain(|k, r| {
+            let keep = wanted.iter().any(|(w, _)| w == k);
+            if !keep {
+                tracing::info!(listener = %k.1, "listener removed; its connections drain");
+                let _ = r.stop.send(true);
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to the configured grace
+    /// period. Returns true when everything drained in time.
+    pub async fn shutdown(&self) -> bool {
+        let grace = self.state.current.load().gateway.settings.shutdown_grace;
+        self.shutdown_within(grace).await
+    }
+
+    pub async fn shutdown_within(&self, grace: Duration) -> bool {
+        {
+            let mut running = self.state.running.lock().unwrap_or_else(|e| e.into_inner());
+            for (_, r) in running.drain() {
+                let _ = r.stop.send(true);
+            }
+        }
+        let graceful = self
+            .state
+            .graceful
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match graceful {
+            Some(g) => tokio::time::timeout(grace, g.shutdown()).await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// The current route table (for the admin listener and `portcullis routes`).
+    pub fn route_table(&self) -> String {
+        self.state.current.load().gateway.route_table()
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.current.load_full()
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false).ok();
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    Ok(sock.into())
+}
+
+async fn accept_loop(
+    handle: ServerHandle,
+    kind: Kind,
+    key: String,
+    listener: std::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = %key, error = %e, "cannot register listener");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let h = handle.clone();
+                    let key = key.clone();
+                    tokio::spawn(async move { serve_connection(h, kind, key, stream, peer).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = %key, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_connection(
+    handle: ServerHandle,
+    kind: Kind,
+    key: String,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let snap = handle.snapshot();
+    let tls = match kind {
+        Kind::Proxy => snap
+            .gateway
+            .listeners
+            .iter()
+            .find(|l| l.bind_key == key)
+            .and_then(|l| l.tls.clone()),
+        Kind::Admin => None,
+    };
+    let max_header = snap.gateway.settings.max_header_size;
+    drop(snap);
+    match tls {
+        None => {
+            serve_io(
+                handle,
+                kind,
+                TokioIo::new(stream),
+                ConnInfo { peer, tls: false },
+                max_header,
+            )
+            .await
+        }
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => {
+                    serve_io(
+                        handle,
+                        kind,
+                        TokioIo::new(s),
+                        ConnInfo { peer, tls: true },
+                        max_header,
+                    )
+                    .await
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_io<I>(handle: ServerHandle, kind: Kind, io: I, conn: ConnInfo, max_header: u64)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let h = handle.clone();
+    let svc = service_fn(move |req| {
+        let snap = h.snapshot();
+        let h = h.clone();
+        async move {
+            Ok::<_, Infallible>(match kind {
+                Kind::Proxy => proxy::handle(snap, conn, req).await,
+                Kind::Admin => crate::admin::handle(&h, &snap, req).await,
+            })
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own limit is a backstop well above ours, so that ordinary oversize heads get
+    // the gateway's 431 problem+json and not hyper's bare one.
+    let backstop = (max_header as usize).saturating_mul(2).max(16 * 1024);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(backstop + 8192);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(backstop as u32)
+        .max_concurrent_streams(1024);
+    let conn_fut = builder.serve_connection_with_upgrades(io, svc);
+    let watched = {
+        let g = handle
+            .state
+            .graceful
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            Some(g) => g.watch(conn_fut.into_owned()),
+            // Shutting down: refuse new work on a connection accepted in the race.
+            None => return,
+        }
+    };
+    if let Err(e) = watched.await {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+    }
+}
+
+fn spawn_watcher(handle: ServerHandle, path: PathBuf) {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let file_name = path.file_name().map(|f| f.to_owned());
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            let ours = ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == file_name.as_deref());
+            let relevant = matches!(
+                ev.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(_)
+                    | notify::EventKind::Remove(_)
+            );
+            if ours && relevant {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
+            return;
+        }
+    };
+    // Editors save by writing a new file and renaming it, so watch the directory.
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP");
+        return;
+    }
+    tokio::spawn(async move {
+        let _keep = watcher;
+        let mut last = std::fs::read(&path).ok();
+        while rx.recv().await.is_some() {
+            // Let a burst of events (truncate, write, rename) settle into one reload.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            while rx.try_recv().is_ok() {}
+            let now = std::fs::read(&path).ok();
+            if now.is_none() || now == last {
+                continue;
+            }
+            last = now;
+            let _ = handle.reload().await;
+        }
+    });
+}
+
+fn spawn_sighup(handle: ServerHandle) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            let _ = handle.reload().await;
+        }
+    });
+}
+
+impl ServerHandle {
+    /// Status facts for the admin listener.
+    pub fn status(&self) -> serde_json::Value {
+        let snap = self.snapshot();
+        let (ok, failed) = self.reload_counts();
+        serde_json::json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "config_generation": snap.generation,
+            "reloads": { "ok": ok, "failed": failed },
+            "routes": snap.gateway.routes.len(),
+            "upstreams": snap.gateway.upstreams.keys().collect::<Vec<_>>(),
+            "listeners": self.addrs().into_iter().map(|(n, a)| serde_json::json!({"name": n, "addr": a.to_string()})).collect::<Vec<_>>(),
+            "access_log_dropped": snap.log.as_ref().map_or(0, |l| l.dropped()),
+        })
+    }
+}
