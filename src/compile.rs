@@ -140,7 +140,8 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
             tls: None,
         });
     }
-    for (i, l) in cfg.listeners.iter().enumerate() {
+    for l in &cfg.listeners {
+        let i = l.index;
         let addr = match parse_bind(&l.bind) {
             Ok(a) => a,
             Err(e) => {
@@ -309,7 +310,8 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
     let mut routes = Vec::new();
     let mut specs = Vec::new();
     let mut names = HashSet::new();
-    for (i, r) in cfg.routes.iter().enumerate() {
+    for r in &cfg.routes {
+        let i = r.index;
         let name: Arc<str> = r
             .name
             .clone()
@@ -661,8 +663,46 @@ impl Gateway {
     }
 }
 
-/// Loads and compiles a file in one step.
+/// Loads and compiles a file in one step. Errors of both stages come together: a typo in
+/// one route does not hide an unknown upstream in another.
 pub fn load_and_compile(path: &Path, pools: &Pools) -> Result<Gateway, Diagnostics> {
-    let loaded = crate::config::load_file(path)?;
-    compile(&loaded, &CompileEnv::for_file(path, pools))
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics(vec![Diagnostic {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    load_and_compile_str(
+        &name,
+        &text,
+        &|k| std::env::var(k).ok(),
+        &CompileEnv::for_file(path, pools),
+    )
+}
+
+/// [`load_and_compile`] for text in memory.
+pub fn load_and_compile_str(
+    name: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    cenv: &CompileEnv<'_>,
+) -> Result<Gateway, Diagnostics> {
+    let (loaded, mut diags) = crate::config::load_str_partial(name, text, env);
+    let Some(loaded) = loaded else {
+        return Err(Diagnostics(diags));
+    };
+    match compile(&loaded, cenv) {
+        Ok(gw) if diags.is_empty() => Ok(gw),
+        Ok(_) => Err(Diagnostics(diags)),
+        Err(Diagnostics(more)) => {
+            diags.extend(more);
+            diags.sort_by_key(|d| (d.line, d.column));
+            diags.dedup();
+            Err(Diagnostics(diags))
+        }
+    }
 }

@@ -201,10 +201,10 @@ fn parse_template(t: &str) -> Result<Template, RouterError> {
     let mut implicit = Vec::new();
     if let Some(at) = catch_all_at {
         let prefix = &canonical[..at];
-        if prefix.ends_with('/') {
+        if let Some(without_slash) = prefix.strip_suffix('/') {
             implicit.push(prefix.to_owned());
-            if prefix.len() > 1 {
-                implicit.push(prefix[..prefix.len() - 1].to_owned());
+            if !without_slash.is_empty() {
+                implicit.push(without_slash.to_owned());
             }
         }
     }

@@ -168,6 +168,32 @@ impl SourceMap {
         }
     }
 
+    /// The keys of the mapping at `path` (e.g. every upstream name written, including ones
+    /// that failed to decode).
+    pub fn keys_of(&self, path: &FieldPath) -> Vec<String> {
+        let mut node = match self.root.as_ref() {
+            Some(n) => n,
+            None => return Vec::new(),
+        };
+        for seg in &path.0 {
+            let next = match (seg, &node.kind) {
+                (Seg::Index(i), Kind::Seq(items)) => items.get(*i),
+                (Seg::Key(k), Kind::Map(entries)) => {
+                    entries.iter().find(|(n, _, _)| n == k).map(|(_, _, v)| v)
+                }
+                _ => None,
+            };
+            match next {
+                Some(n) => node = n,
+                None => return Vec::new(),
+            }
+        }
+        match &node.kind {
+            Kind::Map(entries) => entries.iter().map(|(k, _, _)| k.clone()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Location of `path`; with `key` the location of the last map key instead of its value.
     pub fn locate(&self, path: &FieldPath, key: bool) -> Loc {
         let Some(mut node) = self.root.as_ref() else {
@@ -224,6 +250,20 @@ pub fn load_str(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, Diagnostics> {
+    match load_str_partial(file, text, env) {
+        (Some(l), d) if d.is_empty() => Ok(l),
+        (_, d) => Err(Diagnostics(d)),
+    }
+}
+
+/// Like [`load_str`], but also returns what did decode, so that later stages can report their
+/// own errors about the rest of the file in the same run. Items that failed to decode are
+/// left out of the config; their errors are in the list.
+pub fn load_str_partial(
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Option<Loaded>, Vec<Diagnostic>) {
     let mut source = SourceMap {
         file: file.to_owned(),
         root: None,
@@ -235,13 +275,16 @@ pub fn load_str(
                 .location()
                 .map(Loc::from)
                 .unwrap_or(Loc { line: 1, column: 1 });
-            return Err(Diagnostics(vec![Diagnostic {
-                file: file.to_owned(),
-                line: loc.line,
-                column: loc.column,
-                path: String::new(),
-                message: format!("not valid YAML: {}", first_line(&e.to_string())),
-            }]));
+            return (
+                None,
+                vec![Diagnostic {
+                    file: file.to_owned(),
+                    line: loc.line,
+                    column: loc.column,
+                    path: String::new(),
+                    message: format!("not valid YAML: {}", first_line(&e.to_string())),
+                }],
+            );
         }
     };
     source.root = Some(root);
@@ -260,7 +303,7 @@ pub fn load_str(
                 "expected a mapping of sections (`listeners`, `upstreams`, `routes`, ...)",
             ));
         }
-        return Err(Diagnostics(diags));
+        return (None, diags);
     };
 
     let mut dec = Decoder {
@@ -272,7 +315,16 @@ pub fn load_str(
     for (key, _, node) in entries {
         let path = top.key(key.as_str());
         match key.as_str() {
-            "listeners" => cfg.listeners = dec.list::<ListenerConfig>(node, &path),
+            "listeners" => {
+                cfg.listeners = dec
+                    .list_indexed::<ListenerConfig>(node, &path)
+                    .into_iter()
+                    .map(|(i, mut l)| {
+                        l.index = i;
+                        l
+                    })
+                    .collect()
+            }
             "admin" => cfg.admin = dec.one::<Option<AdminConfig>>(node, &path).flatten(),
             "defaults" => cfg.defaults = dec.one::<Defaults>(node, &path).unwrap_or_default(),
             "server" => cfg.server = dec.one::<ServerConfig>(node, &path).unwrap_or_default(),
@@ -282,7 +334,14 @@ pub fn load_str(
             "upstreams" => cfg.upstreams = dec.map::<UpstreamConfig>(node, &path),
             "routes" => {
                 saw_routes = true;
-                cfg.routes = dec.list::<RouteConfig>(node, &path);
+                cfg.routes = dec
+                    .list_indexed::<RouteConfig>(node, &path)
+                    .into_iter()
+                    .map(|(i, mut r)| {
+                        r.index = i;
+                        r
+                    })
+                    .collect();
             }
             "workers" => {
                 cfg.workers = dec
@@ -310,14 +369,13 @@ pub fn load_str(
             "missing section `routes`: a gateway needs at least one route",
         ));
     }
-    if diags.is_empty() {
-        Ok(Loaded {
+    (
+        Some(Loaded {
             config: cfg,
-            source,
-        })
-    } else {
-        Err(Diagnostics(diags))
-    }
+            source: source.clone(),
+        }),
+        diags,
+    )
 }
 
 fn first_line(s: &str) -> &str {
@@ -331,13 +389,18 @@ struct Decoder<'a> {
 }
 
 impl Decoder<'_> {
-    /// Decodes a list item by item, so that one bad item does not hide the others.
-    fn list<T: DeserializeOwned>(&mut self, node: &Node, path: &FieldPath) -> Vec<T> {
+    /// Decodes a list item by item, so that one bad item does not hide the others; each good
+    /// item comes with its index in the file.
+    fn list_indexed<T: DeserializeOwned>(
+        &mut self,
+        node: &Node,
+        path: &FieldPath,
+    ) -> Vec<(usize, T)> {
         match &node.kind {
             Kind::Seq(items) => items
                 .iter()
                 .enumerate()
-                .filter_map(|(i, n)| self.one::<T>(n, &path.index(i)))
+                .filter_map(|(i, n)| Some((i, self.one::<T>(n, &path.index(i))?)))
                 .collect(),
             Kind::Null => Vec::new(),
             _ => {
@@ -371,7 +434,7 @@ impl Decoder<'_> {
 
     fn one<T: DeserializeOwned>(&mut self, node: &Node, path: &FieldPath) -> Option<T> {
         let before = self.diags.len();
-        let value = self.to_json(node, path);
+        let value = self.json_of(node, path);
         if self.diags.len() > before {
             return None;
         }
@@ -409,7 +472,7 @@ impl Decoder<'_> {
     }
 
     /// Converts a node to JSON for serde, replacing `${VAR}` and `${VAR:-default}` in strings.
-    fn to_json(&mut self, node: &Node, path: &FieldPath) -> Value {
+    fn json_of(&mut self, node: &Node, path: &FieldPath) -> Value {
         match &node.kind {
             Kind::Null => Value::Null,
             Kind::Bool(b) => Value::Bool(*b),
@@ -429,13 +492,13 @@ impl Decoder<'_> {
                 items
                     .iter()
                     .enumerate()
-                    .map(|(i, n)| self.to_json(n, &path.index(i)))
+                    .map(|(i, n)| self.json_of(n, &path.index(i)))
                     .collect(),
             ),
             Kind::Map(entries) => Value::Object(
                 entries
                     .iter()
-                    .map(|(k, _, n)| (k.clone(), self.to_json(n, &path.key(k.as_str()))))
+                    .map(|(k, _, n)| (k.clone(), self.json_of(n, &path.key(k.as_str()))))
                     .collect(),
             ),
         }

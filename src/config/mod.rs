@@ -13,7 +13,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use load::{load_file, load_str, Diagnostic, Diagnostics, Loaded, SourceMap};
+pub use load::{load_file, load_str, load_str_partial, Diagnostic, Diagnostics, Loaded, SourceMap};
 pub use units::{Dur, Size};
 
 /// The whole file. Only `routes` is required.
@@ -34,6 +34,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
+    /// Position in the file, for diagnostics (set by the loader).
+    #[serde(skip)]
+    pub index: usize,
     /// A name for logs; defaults to the bind address.
     #[serde(default)]
     pub name: Option<String>,
@@ -193,6 +196,9 @@ fn one() -> u32 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// Position in the file, for diagnostics (set by the loader).
+    #[serde(skip)]
+    pub index: usize,
     /// Used in logs and `portcullis routes`; defaults to `route-N`.
     #[serde(default)]
     pub name: Option<String>,

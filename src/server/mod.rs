@@ -14,7 +14,7 @@
 pub mod tls;
 
 use crate::compile::{self, CompileEnv, Gateway};
-use crate::config::{self, Diagnostics};
+use crate::config::Diagnostics;
 use crate::observe::access_log::Sink;
 use crate::proxy::{self, ConnInfo, Snapshot};
 use crate::upstream::Pools;
@@ -52,9 +52,10 @@ impl ConfigSource {
             ConfigSource::File(p) => compile::load_and_compile(p, pools),
             ConfigSource::Inline { name, text, vars } => {
                 let env = |k: &str| vars.get(k).cloned().or_else(|| std::env::var(k).ok());
-                let loaded = config::load_str(name, text, &env)?;
-                compile::compile(
-                    &loaded,
+                compile::load_and_compile_str(
+                    name,
+                    text,
+                    &env,
                     &CompileEnv {
                         base_dir: PathBuf::from("."),
                         pools,
