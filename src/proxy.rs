@@ -81,7 +81,7 @@ where
         tls: conn.tls,
         started,
         route: usize::MAX,
-        route_name: Arc::from(""),
+        route_name: no_route(),
         params: Default::default(),
         path: String::new(),
         target: None,
@@ -152,6 +152,12 @@ where
     })
 }
 
+/// The route name before routing; shared so that it costs no allocation.
+fn no_route() -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from("")).clone()
+}
+
 fn host_of<B>(req: &Request<B>) -> String {
     let raw = req
         .uri()
@@ -176,7 +182,10 @@ fn host_of<B>(req: &Request<B>) -> String {
 }
 
 fn head_size<B>(req: &Request<B>) -> u64 {
-    let mut n = req.uri().to_string().len() as u64 + 16;
+    let uri = req.uri();
+    let mut n = (uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + 16) as u64;
     for (k, v) in req.headers() {
         n += (k.as_str().len() + v.len() + 4) as u64;
     }

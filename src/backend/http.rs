@@ -12,7 +12,7 @@ use crate::error::GatewayError;
 use crate::forwarded;
 use crate::policy::Ctx;
 use crate::upstream::Upstream;
-use http::{header, uri, HeaderValue, Request, Response, Uri, Version};
+use http::{header, uri, Request, Response, Uri, Version};
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -78,10 +78,7 @@ pub async fn forward(
         original_host.as_ref(),
     );
     if !route.preserve_host || original_host.is_none() {
-        parts.headers.insert(
-            header::HOST,
-            HeaderValue::from_str(target.authority.as_str()).map_err(|_| GatewayError::Internal)?,
-        );
+        parts.headers.insert(header::HOST, target.host_header.clone());
     }
     if let Some((v11, v2)) = &settings.via {
         forwarded::append_via(

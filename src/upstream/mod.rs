@@ -26,6 +26,8 @@ pub struct Target {
     pub base_path: String,
     /// `host:port`, for logs.
     pub label: Arc<str>,
+    /// The `Host` header for this target, built once.
+    pub host_header: http::HeaderValue,
 }
 
 pub struct Upstream {
@@ -128,11 +130,14 @@ pub fn parse_target(url: &str) -> Result<Target, String> {
         Some(_) => authority.as_str().into(),
         None => format!("{}:80", authority.host()).into(),
     };
+    let host_header = http::HeaderValue::from_str(authority.as_str())
+        .map_err(|_| format!("{url:?}: the host cannot be sent as a Host header"))?;
     Ok(Target {
         scheme,
         authority,
         base_path,
         label,
+        host_header,
     })
 }
 
