@@ -12,7 +12,7 @@ use crate::error::GatewayError;
 use crate::forwarded;
 use crate::policy::Ctx;
 use crate::upstream::Upstream;
-use http::{header, uri, Request, Response, Uri, Version};
+use http::{header, uri, HeaderValue, Request, Response, Uri, Version};
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -37,6 +37,14 @@ pub async fn forward(
     cx.target = Some(target.label.clone());
 
     let (mut parts, body) = req.into_parts();
+    // The host the client asked for, as routing saw it: the request target's authority
+    // (HTTP/2 `:authority`, HTTP/1.1 absolute-form), else the Host header. An HTTP/2 client
+    // sends no Host header at all.
+    let original_host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
 
     // Path: normalised, rewritten, under the target's base path; query as the client sent it.
     let path = route.rewrite.apply(&cx.path, &cx.params);
@@ -63,7 +71,6 @@ pub async fn forward(
     .map_err(|_| GatewayError::Internal)?;
 
     // Headers.
-    let original_host = parts.headers.get(header::HOST).cloned();
     let client_version = parts.version;
     forwarded::strip_hop_by_hop(
         &mut parts.headers,
@@ -77,9 +84,11 @@ pub async fn forward(
         peer.tls,
         original_host.as_ref(),
     );
-    if !route.preserve_host || original_host.is_none() {
-        parts.headers.insert(header::HOST, target.host_header.clone());
-    }
+    let host = match &original_host {
+        Some(h) if route.preserve_host => h.clone(),
+        _ => target.host_header.clone(),
+    };
+    parts.headers.insert(header::HOST, host);
     if let Some((v11, v2)) = &settings.via {
         forwarded::append_via(
             &mut parts.headers,

@@ -268,7 +268,11 @@ pub fn load_str_partial(
         file: file.to_owned(),
         root: None,
     };
-    let root = match serde_saphyr::from_str::<SNode>(text) {
+    // YAML 1.2 booleans only: `no`, `off`, `n` stay strings (a query value `no`, a country
+    // code `NO`, `format: off`), which is what people mean in a config file.
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    let root = match serde_saphyr::from_str_with_options::<SNode>(text, options) {
         Ok(SNode(n)) => n,
         Err(e) => {
             let loc = e
