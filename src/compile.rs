@@ -77,6 +77,9 @@ pub struct Gateway {
     pub settings: Settings,
     pub workers: Option<usize>,
     pub source: Arc<SourceMap>,
+    /// The `state:` section and the slot through which policies reach the store; the server
+    /// binds it to its long-lived stores when it installs the snapshot.
+    pub state: crate::state::Binding,
 }
 
 /// What compilation needs besides the config.
@@ -311,6 +314,12 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
         }
     }
 
+    // --- state (rate-limit counters)
+    let state = crate::state::Binding::new(compile_state(&cfg.state, &mut d));
+    // Consumers' own rate limits, by consumer name; filled from `consumers:` (identity) before
+    // the routes are compiled, since each rate_limit policy takes what it needs from it.
+    let consumer_limits = Arc::new(policy::rate_limit::ConsumerLimits::new());
+
     // --- upstreams
     let mut upstreams = BTreeMap::new();
     for (name, u) in &cfg.upstreams {
@@ -343,9 +352,17 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
                 format!("route name {name:?} is used twice"),
             );
         }
-        let Some((route, spec)) =
-            compile_route(i, name, r, cfg, &upstreams, default_max_body, &mut d)
-        else {
+        let traffic = (&state.slot, &consumer_limits);
+        let Some((route, spec)) = compile_route(
+            i,
+            name,
+            r,
+            cfg,
+            &upstreams,
+            default_max_body,
+            traffic,
+            &mut d,
+        ) else {
             continue;
         };
         specs.push(RouteSpec {
@@ -378,9 +395,57 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
         settings,
         workers: cfg.workers,
         source: loaded.source.clone(),
+        state,
     })
 }
 
+/// `state:` → what the server binds: memory (default) or a checked Redis setting.
+fn compile_state(
+    s: &crate::config::traffic::StateConfig,
+    d: &mut Diags<'_>,
+) -> crate::state::StateSpec {
+    use crate::config::traffic::StateBackend;
+    use crate::state::{RedisSpec, StateSpec};
+    match (s.backend, &s.redis) {
+        (StateBackend::Memory, _) => StateSpec::Memory,
+        (StateBackend::Redis, None) => {
+            d.at(
+                "state.redis",
+                "`backend: redis` needs `redis: { url: redis://host:6379 }`",
+            );
+            StateSpec::Memory
+        }
+        (StateBackend::Redis, Some(r)) => {
+            if let Err(e) = redis::Client::open(r.url.as_str()) {
+                d.at(
+                    "state.redis.url",
+                    format!(
+                        "{:?} is not a Redis URL ({e}); expected redis://host:6379",
+                        r.url
+                    ),
+                );
+            }
+            let timeout = r
+                .timeout
+                .map(|t| t.0)
+                .unwrap_or(crate::state::DEFAULT_REDIS_TIMEOUT);
+            if timeout.is_zero() {
+                d.at("state.redis.timeout", "must be more than 0");
+            }
+            StateSpec::Redis(RedisSpec {
+                url: r.url.clone(),
+                prefix: r
+                    .prefix
+                    .clone()
+                    .unwrap_or_else(|| crate::state::DEFAULT_PREFIX.to_owned()),
+                on_error: r.on_error,
+                timeout,
+            })
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn compile_route(
     i: usize,
     name: Arc<str>,
@@ -388,6 +453,10 @@ fn compile_route(
     cfg: &crate::config::Config,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     default_max_body: u64,
+    traffic: (
+        &crate::state::StateSlot,
+        &Arc<policy::rate_limit::ConsumerLimits>,
+    ),
     d: &mut Diags<'_>,
 ) -> Option<(Route, RouteSpec)> {
     let before = d.list.len();
@@ -520,8 +589,14 @@ fn compile_route(
         configs.push((usize::MAX, PolicyConfig::Deprecation(dep.clone())));
     }
     let mut chain: Vec<AnyPolicy> = Vec::new();
+    let benv = policy::BuildEnv {
+        route: &name,
+        params: &param_names,
+        state: traffic.0,
+        consumer_limits: traffic.1,
+    };
     for (j, pc) in policy::in_phase_order(configs) {
-        match pc.build() {
+        match pc.build(&benv) {
             Ok(p) => chain.push(p),
             Err(e) => {
                 let at = if j == usize::MAX {
@@ -529,7 +604,10 @@ fn compile_route(
                 } else {
                     format!("{p}.policies[{j}].{}", pc.key())
                 };
-                d.at(&at, e);
+                match policy::split_field_error(&e) {
+                    (Some(field), msg) => d.at(&format!("{at}.{field}"), msg),
+                    (None, msg) => d.at(&at, msg),
+                }
             }
         }
     }

@@ -86,6 +86,9 @@ where
         path: String::new(),
         target: None,
         upstream_latency: None,
+        consumer: None,
+        api_key: None,
+        traffic: Default::default(),
     };
     let peer = Peer {
         ip: conn.peer.ip(),

@@ -347,6 +347,11 @@ pub fn load_str_partial(
                     })
                     .collect();
             }
+            "state" => {
+                cfg.state = dec
+                    .one::<super::traffic::StateConfig>(node, &path)
+                    .unwrap_or_default()
+            }
             "workers" => {
                 cfg.workers = dec
                     .one::<Option<Workers>>(node, &path)
@@ -361,7 +366,7 @@ pub fn load_str_partial(
                     column: loc.column,
                     path: other.to_owned(),
                     message: format!(
-                        "unknown section `{other}`; expected one of: listeners, admin, defaults, server, access_log, upstreams, routes, workers"
+                        "unknown section `{other}`; expected one of: listeners, admin, defaults, server, access_log, upstreams, routes, state, workers"
                     ),
                 });
             }

@@ -6,6 +6,7 @@
 //! lives in [`load`]; units (durations, sizes) in [`units`].
 
 pub mod load;
+pub mod traffic;
 pub mod units;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -26,6 +27,8 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// Where rate-limit counters live (issue 5).
+    pub state: traffic::StateConfig,
     /// Worker threads of the async runtime; defaults to the number of CPUs.
     pub workers: Option<usize>,
 }

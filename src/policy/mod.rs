@@ -9,7 +9,9 @@
 //!
 //! Adding a policy = its own file + one line in the registry.
 
+pub mod concurrency_limit;
 pub mod deprecation;
+pub mod rate_limit;
 
 use crate::body::Body;
 use crate::error::GatewayError;
@@ -39,6 +41,15 @@ pub struct Ctx {
     pub target: Option<Arc<str>>,
     /// Time from sending upstream until the response headers came back.
     pub upstream_latency: Option<std::time::Duration>,
+    /// The caller's consumer name, for `consumer` rate-limit keys and a consumer's own
+    /// limits. The hook authentication (issue 4) fills; `None` = not known.
+    pub consumer: Option<Arc<str>>,
+    /// The verified API key's identity (never the key itself), for `api_key` rate-limit
+    /// keys. Filled by authentication like `consumer`.
+    pub api_key: Option<Arc<str>>,
+    /// Traffic control's per-request state: rate-limit results for the response headers and
+    /// in-flight permits held until the response body ends.
+    pub traffic: rate_limit::Traffic,
 }
 
 impl Ctx {
@@ -79,6 +90,38 @@ pub trait Policy: Send + Sync + 'static {
 pub trait Build: Sized {
     type Config;
     fn build(cfg: &Self::Config) -> Result<Self, String>;
+
+    /// Building with what lies outside the policy's own config (shared state, the route).
+    /// Policies that need nothing of it implement only [`Build::build`].
+    fn build_in(cfg: &Self::Config, _env: &BuildEnv<'_>) -> Result<Self, String> {
+        Self::build(cfg)
+    }
+}
+
+/// What a policy may use besides its own config when it is built.
+pub struct BuildEnv<'a> {
+    /// The route's name (rate-limit counters are scoped by route).
+    pub route: &'a str,
+    /// The route's path parameter names (for `param:NAME` keys).
+    pub params: &'a [Box<str>],
+    /// The slot through which the snapshot's policies reach the long-lived state store.
+    pub state: &'a crate::state::StateSlot,
+    /// Consumers' own rate limits, by consumer name.
+    pub consumer_limits: &'a Arc<rate_limit::ConsumerLimits>,
+}
+
+/// A build error about one field inside the policy's config (`per`, `limits[1].burst`), so
+/// that the diagnostic points at that field rather than at the policy.
+pub fn field_error(field: &str, msg: impl std::fmt::Display) -> String {
+    format!("\u{1}{field}\u{1}{msg}")
+}
+
+/// Splits what [`field_error`] made into (field, message); other errors have no field.
+pub fn split_field_error(e: &str) -> (Option<&str>, &str) {
+    match e.strip_prefix('\u{1}').and_then(|r| r.split_once('\u{1}')) {
+        Some((field, msg)) => (Some(field), msg),
+        None => (None, e),
+    }
 }
 
 /// The registry: `Variant = "yaml_key" => module::Type`. Order = phase order.
@@ -106,8 +149,8 @@ macro_rules! policies {
             fn phase(&self) -> usize {
                 ORDER.iter().position(|k| *k == self.key()).unwrap_or(usize::MAX)
             }
-            pub fn build(&self) -> Result<AnyPolicy, String> {
-                match self { $( PolicyConfig::$variant(c) => Ok(AnyPolicy::$variant(<$ty as Build>::build(c)?)), )* }
+            pub fn build(&self, env: &BuildEnv<'_>) -> Result<AnyPolicy, String> {
+                match self { $( PolicyConfig::$variant(c) => Ok(AnyPolicy::$variant(<$ty as Build>::build_in(c, env)?)), )* }
             }
         }
 
@@ -125,6 +168,11 @@ macro_rules! policies {
 policies! {
     // Lifecycle first: a retired API answers 410 before anything else spends work on it.
     Deprecation = "deprecation" => deprecation::Deprecation,
+    // Traffic control after identity (authentication/authorization go before this line), so
+    // that `consumer` keys see the caller; rate limits before concurrency limits, so that a
+    // refused request never takes an in-flight slot.
+    RateLimit = "rate_limit" => rate_limit::RateLimit,
+    ConcurrencyLimit = "concurrency_limit" => concurrency_limit::ConcurrencyLimit,
 }
 
 /// Sorts a route's policy configs into phase order (stable: same-kind entries keep file order).
