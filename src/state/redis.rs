@@ -155,7 +155,7 @@ impl RedisConn {
             let weak = Arc::downgrade(&conn);
             rt.spawn(async move {
                 let Some(conn) = weak.upgrade() else { return };
-                if let Err(e) = conn.ping().await {
+                if let Err(e) = conn.warm().await {
                     conn.mark_down(&e);
                 }
             });
@@ -213,6 +213,17 @@ impl RedisConn {
         }
     }
 
+    /// Connects and loads the script, so that even the first request is one `EVALSHA`.
+    async fn warm(&self) -> Result<(), String> {
+        self.ping().await?;
+        let mut m = self.manager()?;
+        match tokio::time::timeout(self.timeout(), self.script.load_async(&mut m)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout())),
+        }
+    }
+
     /// Marks the connection down (once per outage: logs and starts the probe).
     fn mark_down(self: &Arc<Self>, why: &str) {
         if !self.down.swap(true, Ordering::AcqRel) {
@@ -226,7 +237,8 @@ impl RedisConn {
             loop {
                 tokio::time::sleep(PROBE_EVERY).await;
                 let Some(conn) = weak.upgrade() else { return };
-                if conn.ping().await.is_ok() {
+                // A restarted Redis has forgotten the script: load it before requests return.
+                if conn.warm().await.is_ok() {
                     conn.probing.store(false, Ordering::Release);
                     conn.down.store(false, Ordering::Release);
                     tracing::info!(url = %redacted(&conn.url), "Redis is back; rate limits are shared again");

@@ -254,3 +254,66 @@ pub fn header(res: &reqwest::Response, name: &str) -> String {
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default()
 }
+
+/// `redis-cli monitor` on a port: every command Redis runs, with where it came from.
+pub struct Monitor {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Monitor {
+    pub fn start(port: u16) -> Monitor {
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "monitor"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-cli must be installed");
+        let lines: Arc<Mutex<Vec<String>>> = Default::default();
+        let (out, sink) = (child.stdout.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lines.lock().unwrap().iter().any(|l| l == "OK") {
+            assert!(Instant::now() < deadline, "redis-cli monitor did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Monitor { child, lines }
+    }
+
+    /// Commands that arrived over the network (not those a Lua script ran), by name.
+    pub fn network_commands(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(" [0 127.0.0.1:"))
+            .filter_map(|l| l.split(']').nth(1))
+            .filter_map(|rest| rest.split('"').nth(1))
+            .map(|c| c.to_ascii_uppercase())
+            .collect()
+    }
+
+    /// Commands a Lua script ran, by name.
+    pub fn script_commands(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(" [0 lua]"))
+            .filter_map(|l| l.split(']').nth(1))
+            .filter_map(|rest| rest.split('"').nth(1))
+            .map(|c| c.to_ascii_uppercase())
+            .collect()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
