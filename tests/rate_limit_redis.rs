@@ -224,6 +224,11 @@ routes:
             a.get(200) > 0 && b.get(200) > 0,
             "{path}: both nodes admitted some"
         );
+        eprintln!(
+            "{path}: {allowed} of 1000 admitted for a limit of 300 (node one {}, node two {})",
+            a.get(200),
+            b.get(200)
+        );
     }
 }
 
