@@ -723,8 +723,9 @@ impl Traffic {
             for v in p.policy {
                 h.append(&RATELIMIT_POLICY, v);
             }
+            // Appended, like the policies: an upstream's own limits stay listed beside ours.
             if let Ok(v) = HeaderValue::from_str(&p.ratelimit) {
-                h.insert(&RATELIMIT, v);
+                h.append(&RATELIMIT, v);
             }
             let (_, limit, remaining, reset) = p.tightest;
             h.insert(&X_LIMIT, HeaderValue::from(limit));

@@ -140,7 +140,8 @@ impl MemoryStore {
             };
             if !d.allowed {
                 refused = true;
-            } else if let Some(u) = u {
+            } else if let (Some(u), true) = (u, checks.len() > 1) {
+                // A lone limit has nobody to be taken back for (and no allocation for it).
                 undo.push((h, u));
             }
             out.push(d);

@@ -196,11 +196,16 @@ impl Stores {
     /// The store for a compiled `state:` section. Never blocks: a Redis connection is made in
     /// the background.
     pub fn store_for(&self, spec: &StateSpec) -> Store {
+        // Only at install time, never per request. A connection the new config no longer
+        // names is dropped here (snapshots still serving keep theirs alive until they end).
+        let mut conns = self.redis.lock().unwrap_or_else(|e| e.into_inner());
         match spec {
-            StateSpec::Memory => Store::Memory(self.memory.clone()),
+            StateSpec::Memory => {
+                conns.clear();
+                Store::Memory(self.memory.clone())
+            }
             StateSpec::Redis(r) => {
-                // Only at install time, never per request.
-                let mut conns = self.redis.lock().unwrap_or_else(|e| e.into_inner());
+                conns.retain(|url, _| *url == r.url);
                 let conn = conns
                     .entry(r.url.clone())
                     .or_insert_with(|| redis::RedisConn::new(&r.url, r.timeout))
