@@ -303,7 +303,12 @@ where
         Ok(Some(res)) => res,
         Ok(None) => match &route.backend {
             Backend::Respond(r) => r.respond(),
-            Backend::Http(up) => {
+            Backend::Http(_) | Backend::Split(_) => {
+                let up = match &route.backend {
+                    Backend::Split(s) => backend::split::choose(s, cx, req.headers()),
+                    Backend::Http(up) => up,
+                    Backend::Respond(_) => unreachable!("matched above"),
+                };
                 match backend::http::forward(up, route, &gw.settings, cx, peer, req).await {
                     Ok(r) => r,
                     Err(e) => {
