@@ -268,7 +268,10 @@ pub fn load_str_partial(
         file: file.to_owned(),
         root: None,
     };
-    let root = match serde_saphyr::from_str::<SNode>(text) {
+    // YAML 1.2 booleans only: with YAML 1.1's, the key `on:` (retries) and values such as
+    // `format: off` or a country code `NO` would silently become booleans.
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let root = match serde_saphyr::from_str_with_options::<SNode>(text, options) {
         Ok(SNode(n)) => n,
         Err(e) => {
             let loc = e
@@ -716,6 +719,19 @@ bogus: 1
         assert_eq!(err.0.len(), 1);
         assert!(err.0[0].line >= 2, "{:?}", err.0[0]);
         assert!(err.0[0].message.starts_with("not valid YAML"));
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_stay_strings() {
+        let l = load_str(
+            "t.yaml",
+            "access_log: { format: off }\nroutes:\n  - match: { path: /a }\n    respond: { status: 200, headers: { on: yes } }\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(l.config.access_log.format, super::super::AccessLogFormat::Off);
+        let r = l.config.routes[0].respond.as_ref().unwrap();
+        assert_eq!(r.headers.get("on").map(String::as_str), Some("yes"));
     }
 
     #[test]
