@@ -445,7 +445,9 @@ fn compile_route(
                 );
                 None
             } else {
-                let defined = |n: &str| cfg.upstreams.contains_key(n);
+                // Every name written, also those that failed to decode (reported there).
+                let written = d.source.keys_of(&FieldPath::parse("upstreams"));
+                let defined: Vec<&str> = written.iter().map(String::as_str).collect();
                 match crate::backend::split::Split::build(
                     split,
                     upstreams,

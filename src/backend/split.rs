@@ -45,12 +45,12 @@ pub struct Split {
 
 impl Split {
     /// Compiles the `split` at field path `at`; errors are (field path, message). An
-    /// upstream that is defined but failed to build (`is_defined`) is reported at its own
-    /// definition, not here.
+    /// upstream that is `defined` but failed to build is reported at its own definition,
+    /// not here.
     pub fn build(
         cfg: &SplitConfig,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
-        is_defined: &dyn Fn(&str) -> bool,
+        defined: &[&str],
         at: &str,
     ) -> Result<Split, Vec<(String, String)>> {
         let base = at;
@@ -84,18 +84,19 @@ impl Split {
             }
             match upstreams.get(&e.upstream) {
                 Some(up) => entries.push((up.clone(), e.weight)),
-                None if is_defined(&e.upstream) => {} // reported at its definition
-                None => {
-                    let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-                    errors.push((
-                        format!("{at}.upstream"),
+                None if defined.contains(&e.upstream.as_str()) => {} // reported there
+                None => errors.push((
+                    format!("{at}.upstream"),
+                    if defined.is_empty() {
+                        format!("unknown upstream {:?}; none are defined", e.upstream)
+                    } else {
                         format!(
                             "unknown upstream {:?}; known: {}",
                             e.upstream,
-                            known.join(", ")
-                        ),
-                    ));
-                }
+                            defined.join(", ")
+                        )
+                    },
+                )),
             }
         }
         let total: u64 = cfg.upstreams.iter().map(|e| u64::from(e.weight)).sum();
@@ -302,7 +303,7 @@ mod tests {
             sticky: sticky.map(str::to_owned),
             long_form: true,
         };
-        Split::build(&cfg, &upstreams(&["canary", "stable"]), &|_| false, "split").unwrap()
+        Split::build(&cfg, &upstreams(&["canary", "stable"]), &[], "split").unwrap()
     }
 
     fn ip(i: u32) -> IpAddr {
@@ -367,8 +368,7 @@ mod tests {
             sticky: Some("client_ip".into()),
             long_form: true,
         };
-        let big =
-            Split::build(&cfg, &upstreams(&["canary", "stable"]), &|_| false, "split").unwrap();
+        let big = Split::build(&cfg, &upstreams(&["canary", "stable"]), &[], "split").unwrap();
         for i in 0..2_000 {
             if &*small.choose(&h, ip(i), None).name == "canary" {
                 assert_eq!(&*big.choose(&h, ip(i), None).name, "canary");
@@ -426,7 +426,7 @@ mod tests {
             sticky: Some("moon".into()),
             long_form: false,
         };
-        let errs = Split::build(&cfg, &ups, &|_| false, "routes[0].split").unwrap_err();
+        let errs = Split::build(&cfg, &ups, &["a"], "routes[0].split").unwrap_err();
         let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
             fields,

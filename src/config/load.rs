@@ -729,7 +729,10 @@ bogus: 1
             &env,
         )
         .unwrap();
-        assert_eq!(l.config.access_log.format, super::super::AccessLogFormat::Off);
+        assert_eq!(
+            l.config.access_log.format,
+            super::super::AccessLogFormat::Off
+        );
         let r = l.config.routes[0].respond.as_ref().unwrap();
         assert_eq!(r.headers.get("on").map(String::as_str), Some("yes"));
     }
