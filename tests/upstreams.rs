@@ -812,6 +812,45 @@ async fn health_and_breaker_state_survive_a_reload() {
     );
 }
 
+#[tokio::test]
+async fn switching_active_checks_off_readmits_their_targets() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    b.set_health(500);
+    let config = |health: &str| {
+        fill(
+            &format!(
+                r#"
+                upstreams:
+                  u:
+                    targets: [ {{ url: "$A" }}, {{ url: "$B" }} ]
+                    {health}
+                routes:
+                  - {{ match: {{ path: "/{{*rest}}" }}, upstream: u }}
+                "#
+            ),
+            &[("A", a.url()), ("B", b.url())],
+        )
+    };
+    let gw = Gateway::start(&config(
+        "health: { active: { path: /healthz, interval: 30ms, unhealthy: 1 } }",
+    ))
+    .await;
+    assert!(
+        eventually(Duration::from_secs(3), || gw.target_health("u", b.addr)
+            == TargetHealth::Unhealthy)
+        .await
+    );
+    // No more probes would ever bring b back, so their verdict goes with them.
+    gw.reload_with(&config("")).await;
+    assert!(
+        eventually(Duration::from_secs(1), || gw.target_health("u", b.addr)
+            == TargetHealth::Healthy)
+        .await
+    );
+    let served = count_by_upstream(&gw, "/x", 10).await;
+    assert_eq!(served.get("b"), Some(&5), "{served:?}");
+}
+
 // ---------------------------------------------------------------- diagnostics
 
 fn diagnostics(yaml: &str) -> Vec<String> {
@@ -889,4 +928,55 @@ fn upstream_config_errors_are_located() {
     }
     // `users` is used by a split while it has errors of its own: reported once, there.
     assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+}
+
+/// Every YAML snippet of the README's upstream section compiles as written (certificates it
+/// names are generated next to it).
+#[test]
+fn readme_upstream_snippets_compile() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("## Upstreams: balancing, health, retries, breakers")
+        .expect("the README section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    Pki::write_into(&dir.path().join("certs"), &["catalog.internal"]);
+    for (from, to) in [
+        ("ca.pem", "internal-ca.pem"),
+        ("client.pem", "gw-client.pem"),
+        ("client.key", "gw-client.key"),
+    ] {
+        std::fs::copy(
+            dir.path().join("certs").join(from),
+            dir.path().join("certs").join(to),
+        )
+        .unwrap();
+    }
+    let mut count = 0;
+    for block in section.split("```yaml\n").skip(1) {
+        let yaml = &block[..block.find("```").unwrap()];
+        let path = dir.path().join(format!("snippet-{count}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        let pools = portcullis::upstream::Pools::default();
+        if let Err(e) = portcullis::compile::load_and_compile(&path, &pools) {
+            panic!("README snippet {count} does not compile:\n{yaml}\n{e}");
+        }
+        count += 1;
+    }
+    assert!(count >= 8, "only {count} snippets found");
+}
+
+/// The fuller example config uses the resilience settings; it must keep compiling.
+#[test]
+fn example_gateway_config_compiles() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gateway.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let pools = portcullis::upstream::Pools::default();
+    let env = portcullis::compile::CompileEnv::for_file(std::path::Path::new(path), &pools);
+    if let Err(e) = portcullis::compile::load_and_compile_str(path, &text, &|_| None, &env) {
+        panic!("{e}");
+    }
 }

@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! circuit breaker (open → 503 + Retry-After, or the fallback response)
-//!   → bulkhead permit (full → 503 at once, or a short wait in the queue)
 //!   → request body kept for replay when retries may need it (small, known length)
+//!   → bulkhead permit (full → 503 at once, or a short wait in the queue)
 //!   → try: pick a target (healthy, not tried yet) → send with the per-try timeout
 //!          → record the outcome (target counters, passive health, breaker)
 //!          → retry? (condition, method, replayable body, attempts, budget, breaker,
@@ -126,19 +126,6 @@ pub async fn forward(
         }
     }
 
-    // Bulkhead: one permit for the whole request, released when its response body is done.
-    let permit = match &up.bulkhead {
-        None => None,
-        Some(b) => Some(
-            b.acquire()
-                .await
-                .map_err(|full| GatewayError::UpstreamBusy {
-                    upstream: up.name.to_string(),
-                    limit: full.0,
-                })?,
-        ),
-    };
-
     let (mut parts, incoming) = req.into_parts();
     let path = route.rewrite.apply(&cx.path, &cx.params);
     let query = parts.uri.query();
@@ -209,6 +196,20 @@ pub async fn forward(
             }
             _ => ReqBody::Stream(Some(incoming)),
         }
+    };
+
+    // Bulkhead: one permit for the whole request, released when its response body is done.
+    // Taken after the body is read, so a slow client does not hold the upstream's slots.
+    let permit = match &up.bulkhead {
+        None => None,
+        Some(b) => Some(
+            b.acquire()
+                .await
+                .map_err(|full| GatewayError::UpstreamBusy {
+                    upstream: up.name.to_string(),
+                    limit: full.0,
+                })?,
+        ),
     };
 
     let total = route.request_timeout.unwrap_or(up.request_timeout);

@@ -153,7 +153,7 @@ impl Balancer {
         };
         match &b.strategy {
             Strategy::Weighted => {
-                b.rotation = smooth_rotation(weights)
+                b.rotation = smooth_rotation(&bounded(weights))
                     .into_iter()
                     .map(|i| i as u32)
                     .collect()
@@ -276,6 +276,21 @@ fn less_loaded<C: Candidate>(a: &C, b: &C) -> bool {
 /// The first usable index at or after `start`, wrapping.
 fn probe(start: usize, n: usize, usable: &impl Fn(usize) -> bool) -> Option<usize> {
     (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+}
+
+/// Longest smooth-WRR cycle built; discovered weights (SRV allows 65535 each) are scaled
+/// down to it, keeping their proportions within rounding.
+pub const MAX_CYCLE: u64 = 100_000;
+
+fn bounded(weights: &[u32]) -> Vec<u32> {
+    let total: u64 = weights.iter().map(|&w| u64::from(w.max(1))).sum();
+    if total <= MAX_CYCLE {
+        return weights.iter().map(|&w| w.max(1)).collect();
+    }
+    weights
+        .iter()
+        .map(|&w| ((u64::from(w.max(1)) * MAX_CYCLE / total) as u32).max(1))
+        .collect()
 }
 
 /// Builds the smooth weighted round-robin sequence (nginx's algorithm) for one full cycle.
@@ -469,6 +484,16 @@ mod tests {
                 "{strategy:?}: share {share:.4}, expected {expected:.4}"
             );
         }
+    }
+
+    #[test]
+    fn huge_weights_are_scaled_to_a_bounded_cycle() {
+        let weights = vec![65_535u32; 50];
+        let b = build(Strategy::Weighted, &ids(50), &weights);
+        assert!(b.rotation.len() as u64 <= MAX_CYCLE);
+        assert_eq!(bounded(&[3, 1]), vec![3, 1]);
+        let scaled = bounded(&[200_000, 100_000, 0]);
+        assert_eq!(scaled, vec![66_666, 33_333, 1]);
     }
 
     #[test]

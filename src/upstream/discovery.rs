@@ -221,6 +221,7 @@ pub async fn refresh_once(state: &UpstreamState, spec: &DiscoverySpec) -> bool {
 /// The discovery loop of one upstream. Ends when the upstream is gone from the config or
 /// no longer discovers.
 pub async fn run(state: Arc<UpstreamState>) {
+    let mut changes = state.changes();
     loop {
         let Some(up) = state.live() else { return };
         let Some(spec) = up.discovery.clone() else {
@@ -230,7 +231,7 @@ pub async fn run(state: Arc<UpstreamState>) {
         refresh_once(&state, &spec).await;
         tokio::select! {
             _ = tokio::time::sleep(spec.refresh) => {}
-            _ = state.changed.notified() => {}
+            _ = changes.changed() => {}
         }
     }
 }

@@ -154,6 +154,14 @@ impl Health {
         Passive::Ejected
     }
 
+    /// Forgets the verdict of active checks (they were switched off): the target counts as
+    /// healthy again.
+    pub fn reset_active(&self) {
+        self.active_ok.store(true, Ordering::Relaxed);
+        self.active_passes.store(0, Ordering::Relaxed);
+        self.active_fails.store(0, Ordering::Relaxed);
+    }
+
     /// Records an active probe; returns the new verdict when it changed.
     pub fn probe_result(&self, s: &ActiveSettings, pass: bool) -> Option<bool> {
         if pass {
@@ -182,9 +190,15 @@ impl Health {
 /// The probe loop of one upstream. Ends when the upstream is gone from the config or has
 /// no `health.active` any more.
 pub async fn run_active(state: Arc<UpstreamState>) {
+    let mut changes = state.changes();
     loop {
         let Some(up) = state.live() else { return };
         let Some(settings) = up.health.active.clone() else {
+            // Switched off: without probes nobody would ever mark a target healthy again.
+            // (Done here too, not only at activation, in case a probe round was running.)
+            for t in &up.targets().targets {
+                t.state.health.reset_active();
+            }
             return;
         };
         probe_all(&up, &settings).await;
@@ -192,7 +206,7 @@ pub async fn run_active(state: Arc<UpstreamState>) {
         tokio::select! {
             _ = tokio::time::sleep(settings.interval) => {}
             // A reload changed something: re-read the settings now.
-            _ = state.changed.notified() => {}
+            _ = changes.changed() => {}
         }
     }
 }

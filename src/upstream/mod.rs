@@ -373,6 +373,12 @@ impl Pools {
                 }
                 _ => {}
             }
+            if up.health.active.is_none() {
+                // Without probes nobody would ever mark a target healthy again.
+                for t in &up.targets().targets {
+                    t.state.health.reset_active();
+                }
+            }
             let mut tasks = lock(&st.tasks);
             if up.health.active.is_some() && !state::Tasks::running(&tasks.health) {
                 tasks.health = Some(tokio::spawn(health::run_active(st.clone())));

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// One target's state, shared by every snapshot and target set that contains the target.
@@ -110,8 +110,9 @@ pub struct UpstreamState {
     pub in_flight: AtomicUsize,
     /// The upstream of the serving snapshot: background tasks read its settings.
     live: Mutex<Weak<Upstream>>,
-    /// Signalled when a reload installs a new live upstream.
-    pub changed: Notify,
+    /// Bumped when a reload installs a new live upstream; background tasks watch it so they
+    /// re-read their settings at once (a change during a probe round is not lost).
+    changed: watch::Sender<u64>,
     /// The last good discovery answer.
     endpoints: Mutex<Option<Vec<Endpoint>>>,
     pub discovery: Mutex<DiscoveryStatus>,
@@ -132,7 +133,7 @@ impl UpstreamState {
             bulkhead: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             live: Mutex::new(Weak::new()),
-            changed: Notify::new(),
+            changed: watch::channel(0).0,
             endpoints: Mutex::default(),
             discovery: Mutex::default(),
             tasks: Mutex::default(),
@@ -176,7 +177,12 @@ impl UpstreamState {
 
     pub fn set_live(&self, up: &Arc<Upstream>) {
         *lock(&self.live) = Arc::downgrade(up);
-        self.changed.notify_waiters();
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// Wakes when a reload installs a new live upstream.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     pub fn endpoints(&self) -> Option<Vec<Endpoint>> {
