@@ -48,6 +48,8 @@ pub struct Route {
     pub chain: policy::Chain,
     pub max_body: u64,
     pub request_timeout: Option<Duration>,
+    /// Overrides the upstream's per-try timeout (retries).
+    pub per_try_timeout: Option<Duration>,
     pub preserve_host: bool,
     /// Headers the route looked at: a client's `Connection` list may not strip them.
     pub protected: Arc<[HeaderName]>,
@@ -231,6 +233,9 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
     if cfg.defaults.timeouts.request.is_some_and(|t| t.0.is_zero()) {
         d.at("defaults.timeouts.request", "must be more than 0");
     }
+    if cfg.defaults.timeouts.per_try.is_some_and(|t| t.0.is_zero()) {
+        d.at("defaults.timeouts.per_try", "must be more than 0");
+    }
     let up_defaults = upstream::Defaults {
         connect_timeout: cfg
             .defaults
@@ -244,6 +249,8 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
             .request
             .map(|d| d.0)
             .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+        per_try_timeout: cfg.defaults.timeouts.per_try.map(|d| d.0),
+        base_dir: env.base_dir.clone(),
     };
     let default_max_body = cfg
         .defaults
@@ -449,6 +456,34 @@ fn compile_route(
 
     // Backend
     let backend = match (&r.upstream, &r.respond) {
+        _ if r.split.is_some() => {
+            let split = r.split.as_ref().expect("checked");
+            if r.upstream.is_some() || r.respond.is_some() {
+                d.at(
+                    &format!("{p}.split"),
+                    "a route has one of `upstream`, `split` or `respond`",
+                );
+                None
+            } else {
+                // Every name written, also those that failed to decode (reported there).
+                let written = d.source.keys_of(&FieldPath::parse("upstreams"));
+                let defined: Vec<&str> = written.iter().map(String::as_str).collect();
+                match crate::backend::split::Split::build(
+                    split,
+                    upstreams,
+                    &defined,
+                    &format!("{p}.split"),
+                ) {
+                    Ok(s) => Some(Backend::Split(Arc::new(s))),
+                    Err(errs) => {
+                        for (at, msg) in errs {
+                            d.at(&at, msg);
+                        }
+                        None
+                    }
+                }
+            }
+        }
         (Some(_), Some(_)) => {
             d.at(
                 &format!("{p}.respond"),
@@ -459,7 +494,7 @@ fn compile_route(
         (None, None) => {
             d.at(
                 &p,
-                "a route needs a backend: `upstream: NAME` or `respond: {status, json | body}`",
+                "a route needs a backend: `upstream: NAME`, `split: [...]` or `respond: {status, json | body}`",
             );
             None
         }
@@ -543,6 +578,9 @@ fn compile_route(
     if r.timeouts.request.is_some_and(|t| t.0.is_zero()) {
         d.at(&format!("{p}.timeouts.request"), "must be more than 0");
     }
+    if r.timeouts.per_try.is_some_and(|t| t.0.is_zero()) {
+        d.at(&format!("{p}.timeouts.per_try"), "must be more than 0");
+    }
 
     if d.list.len() > before {
         return None;
@@ -596,6 +634,7 @@ fn compile_route(
             chain: chain.into(),
             max_body: r.max_body.map(|s| s.0).unwrap_or(default_max_body),
             request_timeout: r.timeouts.request.map(|t| t.0),
+            per_try_timeout: r.timeouts.per_try.map(|t| t.0),
             preserve_host: r.preserve_host,
             protected: protected.into(),
             summary,
@@ -621,7 +660,9 @@ fn value_match(v: &[String]) -> ValueMatch {
     }
 }
 
-fn direct_response(r: &crate::config::RespondConfig) -> Result<DirectResponse, (String, String)> {
+pub(crate) fn direct_response(
+    r: &crate::config::RespondConfig,
+) -> Result<DirectResponse, (String, String)> {
     let status = StatusCode::from_u16(r.status)
         .ok()
         .filter(|s| s.as_u16() >= 200)

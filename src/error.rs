@@ -32,6 +32,12 @@ pub enum GatewayError {
     Gone(String),
     #[error("no target of upstream {upstream:?} is available")]
     NoTarget { upstream: String },
+    #[error("no target of upstream {upstream:?} is healthy")]
+    NoHealthyTarget { upstream: String, retry_after: u64 },
+    #[error("the circuit breaker of upstream {upstream:?} is open")]
+    CircuitOpen { upstream: String, retry_after: u64 },
+    #[error("upstream {upstream:?} has {limit} requests in flight, its limit")]
+    UpstreamBusy { upstream: String, limit: usize },
     #[error("could not connect to upstream {upstream:?}")]
     UpstreamConnect { upstream: String },
     #[error("connecting to upstream {upstream:?} timed out")]
@@ -56,7 +62,9 @@ impl GatewayError {
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Gone(_) => StatusCode::GONE,
-            NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            NoTarget { .. } | NoHealthyTarget { .. } | CircuitOpen { .. } | UpstreamBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             UpstreamConnect { .. } | UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             UpstreamConnectTimeout { .. } | UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -75,6 +83,9 @@ impl GatewayError {
             HeadersTooLarge { .. } => "headers-too-large",
             Gone(_) => "gone",
             NoTarget { .. } => "no-upstream-target",
+            NoHealthyTarget { .. } => "no-healthy-target",
+            CircuitOpen { .. } => "circuit-open",
+            UpstreamBusy { .. } => "upstream-busy",
             UpstreamConnect { .. } => "upstream-unreachable",
             UpstreamConnectTimeout { .. } => "upstream-connect-timeout",
             UpstreamTimeout { .. } => "upstream-timeout",
@@ -94,6 +105,9 @@ impl GatewayError {
             | HeadersTooLarge { .. }
             | Gone(_) => Fault::Client,
             NoTarget { .. }
+            | NoHealthyTarget { .. }
+            | CircuitOpen { .. }
+            | UpstreamBusy { .. }
             | UpstreamConnect { .. }
             | UpstreamConnectTimeout { .. }
             | UpstreamTimeout { .. }
@@ -117,7 +131,21 @@ impl GatewayError {
         if let GatewayError::MethodNotAllowed { allow } = self {
             res.headers_mut().insert(header::ALLOW, allow.clone());
         }
+        if let Some(secs) = self.retry_after() {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         res
+    }
+
+    /// Seconds for `Retry-After` on the 503s that say "come back later".
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::NoHealthyTarget { retry_after, .. }
+            | GatewayError::CircuitOpen { retry_after, .. } => Some((*retry_after).max(1)),
+            GatewayError::UpstreamBusy { .. } => Some(1),
+            _ => None,
+        }
     }
 }
 
@@ -163,6 +191,34 @@ mod tests {
         assert_eq!(v["status"], 413);
         assert_eq!(v["request_id"], "abc");
         assert!(v["detail"].as_str().unwrap().contains("10 bytes"));
+    }
+
+    #[test]
+    fn unavailable_has_retry_after() {
+        let res = GatewayError::CircuitOpen {
+            upstream: "u".into(),
+            retry_after: 7,
+        }
+        .to_response("x");
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "7");
+        let res = GatewayError::NoHealthyTarget {
+            upstream: "u".into(),
+            retry_after: 0,
+        }
+        .to_response("x");
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        let res = GatewayError::UpstreamBusy {
+            upstream: "u".into(),
+            limit: 3,
+        }
+        .to_response("x");
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        assert!(GatewayError::RouteNotFound
+            .to_response("x")
+            .headers()
+            .get(header::RETRY_AFTER)
+            .is_none());
     }
 
     #[test]

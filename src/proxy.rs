@@ -97,7 +97,9 @@ where
     let mut res = match res {
         Ok(r) => r,
         Err(e) => {
-            if e.fault() != crate::error::Fault::Client {
+            // Load shed on purpose (open breaker, full bulkhead, no healthy target) is not
+            // logged per request: the state change that causes it is logged once.
+            if e.fault() != crate::error::Fault::Client && e.retry_after().is_none() {
                 tracing::warn!(request_id = cx.request_id_str(), route = &*cx.route_name, error = %e, "request failed");
             }
             let mut r = e.to_response(cx.request_id_str());
@@ -303,7 +305,12 @@ where
         Ok(Some(res)) => res,
         Ok(None) => match &route.backend {
             Backend::Respond(r) => r.respond(),
-            Backend::Http(up) => {
+            Backend::Http(_) | Backend::Split(_) => {
+                let up = match &route.backend {
+                    Backend::Split(s) => backend::split::choose(s, cx, req.headers()),
+                    Backend::Http(up) => up,
+                    Backend::Respond(_) => unreachable!("matched above"),
+                };
                 match backend::http::forward(up, route, &gw.settings, cx, peer, req).await {
                     Ok(r) => r,
                     Err(e) => {

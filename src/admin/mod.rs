@@ -1,7 +1,9 @@
 //! The admin listener (`admin.bind`): operator endpoints, separate from client traffic.
 //!
-//! For now: `GET /status` (version, config generation, reload counts, listeners) and
-//! `GET /routes` (the compiled route table). Metrics and the full admin API grow here. A
+//! For now: `GET /status` (version, config generation, reload counts, listeners),
+//! `GET /routes` (the compiled route table) and `GET /upstreams` (every upstream's targets
+//! with health, in-flight requests and last error, breaker, bulkhead, retry budget,
+//! discovery). Metrics and the full admin API grow here. A
 //! configured `admin.token` is required as `Authorization: Bearer TOKEN`, compared in
 //! constant time; a non-loopback `bind` without a token is refused at config compile.
 
@@ -46,6 +48,7 @@ pub async fn handle<B>(h: &ServerHandle, snap: &Snapshot, req: Request<B>) -> Re
     }
     match req.uri().path() {
         "/status" => json(&h.status()),
+        "/upstreams" => json(&serde_json::json!({ "upstreams": h.upstream_states() })),
         "/routes" => {
             let mut r = Response::new(body::full(snap.gateway.route_table()));
             r.headers_mut().insert(
@@ -57,7 +60,7 @@ pub async fn handle<B>(h: &ServerHandle, snap: &Snapshot, req: Request<B>) -> Re
         _ => problem(
             StatusCode::NOT_FOUND,
             "not-found",
-            "no such admin endpoint; try /status or /routes",
+            "no such admin endpoint; try /status, /routes or /upstreams",
             "",
         ),
     }

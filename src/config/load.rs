@@ -268,10 +268,9 @@ pub fn load_str_partial(
         file: file.to_owned(),
         root: None,
     };
-    // YAML 1.2 booleans only: `no`, `off`, `n` stay strings (a query value `no`, a country
-    // code `NO`, `format: off`), which is what people mean in a config file.
-    let mut options = serde_saphyr::Options::default();
-    options.strict_booleans = true;
+    // YAML 1.2 booleans only: with YAML 1.1's, the key `on:` (retries) and values such as
+    // `format: off` or a country code `NO` would silently become booleans.
+    let options = serde_saphyr::options! { strict_booleans: true };
     let root = match serde_saphyr::from_str_with_options::<SNode>(text, options) {
         Ok(SNode(n)) => n,
         Err(e) => {
@@ -720,6 +719,22 @@ bogus: 1
         assert_eq!(err.0.len(), 1);
         assert!(err.0[0].line >= 2, "{:?}", err.0[0]);
         assert!(err.0[0].message.starts_with("not valid YAML"));
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_stay_strings() {
+        let l = load_str(
+            "t.yaml",
+            "access_log: { format: off }\nroutes:\n  - match: { path: /a }\n    respond: { status: 200, headers: { on: yes } }\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            l.config.access_log.format,
+            super::super::AccessLogFormat::Off
+        );
+        let r = l.config.routes[0].respond.as_ref().unwrap();
+        assert_eq!(r.headers.get("on").map(String::as_str), Some("yes"));
     }
 
     #[test]

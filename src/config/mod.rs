@@ -7,6 +7,7 @@
 
 pub mod load;
 pub mod units;
+pub mod upstream;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -15,6 +16,10 @@ use std::fmt;
 
 pub use load::{load_file, load_str, load_str_partial, Diagnostic, Diagnostics, Loaded, SourceMap};
 pub use units::{Dur, Size};
+pub use upstream::{
+    BalanceConfig, CircuitBreakerConfig, DiscoverConfig, HealthConfig, QueueConfig, RetryConfig,
+    SplitConfig, UpstreamTlsConfig,
+};
 
 /// The whole file. Only `routes` is required.
 #[derive(Debug, Clone, Default)]
@@ -88,8 +93,9 @@ pub struct Defaults {
     pub max_body: Option<Size>,
 }
 
-/// Connect and request timeouts. `request` runs from sending the request upstream until
-/// the response headers arrive.
+/// Connect and request timeouts. `request` is the total: from sending the request upstream
+/// until the response headers arrive, over every try. `per_try` bounds each try when
+/// retries are on.
 #[derive(Debug, Clone, Copy, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
@@ -97,6 +103,8 @@ pub struct Timeouts {
     pub connect: Option<Dur>,
     #[serde(default)]
     pub request: Option<Dur>,
+    #[serde(default)]
+    pub per_try: Option<Dur>,
 }
 
 /// `server`: connection-level settings that are not per route.
@@ -185,10 +193,31 @@ impl<'de> Deserialize<'de> for AccessLogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// Fixed targets; or `discover` them.
+    #[serde(default)]
     pub targets: Vec<TargetConfig>,
-    /// `http1` (default) or `http2` (prior knowledge, h2c) to the targets.
+    /// `http1` (default), `http2` (h2c prior knowledge, or ALPN h2 over TLS), or `auto`
+    /// (https only: ALPN offers h2 and http/1.1).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    #[serde(default)]
+    pub discover: Option<DiscoverConfig>,
+    #[serde(default)]
+    pub balance: BalanceConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub retries: Option<RetryConfig>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Bulkhead: requests in flight to this upstream at most; beyond it 503 at once (or
+    /// a wait in `queue`).
+    #[serde(default, deserialize_with = "opt_usize")]
+    pub max_concurrent: Option<usize>,
+    #[serde(default)]
+    pub queue: Option<QueueConfig>,
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Idle keep-alive connections are closed after this long. Default 90s.
@@ -205,6 +234,11 @@ pub enum UpstreamProtocol {
     #[default]
     Http1,
     Http2,
+    Auto,
+}
+
+fn opt_usize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    int_or_string(d).map(Some)
 }
 
 /// `upstreams.NAME.targets[]`.
@@ -238,6 +272,9 @@ pub struct RouteConfig {
     pub upstream: Option<String>,
     #[serde(default)]
     pub respond: Option<RespondConfig>,
+    /// Weighted choice among upstreams (canaries), instead of `upstream`.
+    #[serde(default)]
+    pub split: Option<SplitConfig>,
     #[serde(default)]
     pub rewrite: Option<RewriteConfig>,
     #[serde(default)]

@@ -307,6 +307,8 @@ impl ServerHandle {
                 }
             }
         };
+        // Discovered upstreams that were never resolved get their targets before serving.
+        st.pools.prepare(&gw.upstreams).await;
         let old_workers = st.current.load().gateway.workers;
         let generation = st.generation.fetch_add(1, Ordering::Relaxed) + 1;
         if generation > 1 && old_workers != gw.workers {
@@ -317,6 +319,8 @@ impl ServerHandle {
             log,
             generation,
         }));
+        // Health checks and discovery follow the new config; removed upstreams' tasks stop.
+        st.pools.activate(&st.current.load().gateway.upstreams);
         // Start the new accept loops, stop the removed ones.
         let mut running = st.running.lock().unwrap_or_else(|e| e.into_inner());
         for ((kind, key), listener) in fresh {
@@ -348,6 +352,7 @@ impl ServerHandle {
     }
 
     pub async fn shutdown_within(&self, grace: Duration) -> bool {
+        self.state.pools.stop();
         {
             let mut running = self.state.running.lock().unwrap_or_else(|e| e.into_inner());
             for (_, r) in running.drain() {
@@ -369,6 +374,17 @@ impl ServerHandle {
     /// The current route table (for the admin listener and `portcullis routes`).
     pub fn route_table(&self) -> String {
         self.state.current.load().gateway.route_table()
+    }
+
+    /// Every upstream's live state: targets with health, in-flight and last error, the
+    /// breaker, bulkhead, retry budget and discovery (admin `GET /upstreams`, metrics).
+    pub fn upstream_states(&self) -> Vec<crate::upstream::state::UpstreamStatus> {
+        self.snapshot()
+            .gateway
+            .upstreams
+            .values()
+            .map(|u| u.status())
+            .collect()
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
