@@ -42,6 +42,19 @@ pub enum GatewayError {
     UpstreamProtocol { upstream: String },
     #[error("the request body could not be read")]
     ClientBody,
+    /// No valid credentials. The challenges become `WWW-Authenticate` headers; the detail never
+    /// says which check failed.
+    #[error("valid credentials are required for this resource")]
+    Unauthorized {
+        challenges: std::sync::Arc<[HeaderValue]>,
+    },
+    /// Authenticated (or refused by address) but not allowed. `challenge` is the RFC 6750
+    /// `insufficient_scope` answer for bearer tokens.
+    #[error("access to this resource is not allowed")]
+    Forbidden { challenge: Option<HeaderValue> },
+    /// An identity provider (JWKS, introspection) could not be asked.
+    #[error("the identity provider could not be reached; try again later")]
+    AuthUnavailable,
     #[error("internal error")]
     Internal,
 }
@@ -53,6 +66,9 @@ impl GatewayError {
             RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             BadRequest(_) | ClientBody => StatusCode::BAD_REQUEST,
+            Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Forbidden { .. } => StatusCode::FORBIDDEN,
+            AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Gone(_) => StatusCode::GONE,
@@ -71,6 +87,9 @@ impl GatewayError {
             MethodNotAllowed { .. } => "method-not-allowed",
             BadRequest(_) => "bad-request",
             ClientBody => "bad-request-body",
+            Unauthorized { .. } => "unauthorized",
+            Forbidden { .. } => "forbidden",
+            AuthUnavailable => "identity-provider-unavailable",
             BodyTooLarge { .. } => "body-too-large",
             HeadersTooLarge { .. } => "headers-too-large",
             Gone(_) => "gone",
@@ -92,7 +111,10 @@ impl GatewayError {
             | ClientBody
             | BodyTooLarge { .. }
             | HeadersTooLarge { .. }
-            | Gone(_) => Fault::Client,
+            | Gone(_)
+            | Unauthorized { .. }
+            | Forbidden { .. } => Fault::Client,
+            AuthUnavailable => Fault::Upstream,
             NoTarget { .. }
             | UpstreamConnect { .. }
             | UpstreamConnectTimeout { .. }
@@ -114,8 +136,21 @@ impl GatewayError {
     /// The problem+json response for this error.
     pub fn to_response(&self, request_id: &str) -> Response<Body> {
         let mut res = problem(self.status(), self.slug(), &self.to_string(), request_id);
-        if let GatewayError::MethodNotAllowed { allow } = self {
-            res.headers_mut().insert(header::ALLOW, allow.clone());
+        match self {
+            GatewayError::MethodNotAllowed { allow } => {
+                res.headers_mut().insert(header::ALLOW, allow.clone());
+            }
+            GatewayError::Unauthorized { challenges } => {
+                for c in challenges.iter() {
+                    res.headers_mut()
+                        .append(header::WWW_AUTHENTICATE, c.clone());
+                }
+            }
+            GatewayError::Forbidden { challenge: Some(c) } => {
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, c.clone());
+            }
+            _ => {}
         }
         res
     }
@@ -163,6 +198,28 @@ mod tests {
         assert_eq!(v["status"], 413);
         assert_eq!(v["request_id"], "abc");
         assert!(v["detail"].as_str().unwrap().contains("10 bytes"));
+    }
+
+    #[test]
+    fn unauthorized_has_every_challenge() {
+        let res = GatewayError::Unauthorized {
+            challenges: vec![
+                HeaderValue::from_static("Bearer realm=\"x\""),
+                HeaderValue::from_static("Basic realm=\"x\""),
+            ]
+            .into(),
+        }
+        .to_response("x");
+        assert_eq!(res.status(), 401);
+        let all: Vec<_> = res
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .collect();
+        assert_eq!(all, ["Bearer realm=\"x\"", "Basic realm=\"x\""]);
+        let res = GatewayError::Forbidden { challenge: None }.to_response("x");
+        assert_eq!(res.status(), 403);
+        assert!(!res.headers().contains_key(header::WWW_AUTHENTICATE));
     }
 
     #[test]

@@ -78,7 +78,9 @@ pub async fn forward(
         original_host.as_ref(),
     );
     if !route.preserve_host || original_host.is_none() {
-        parts.headers.insert(header::HOST, target.host_header.clone());
+        parts
+            .headers
+            .insert(header::HOST, target.host_header.clone());
     }
     if let Some((v11, v2)) = &settings.via {
         forwarded::append_via(
