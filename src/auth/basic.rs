@@ -89,6 +89,8 @@ pub struct BasicAuth {
     salt: [u8; 32],
     permits: Arc<Semaphore>,
     method: Arc<str>,
+    /// Password hashes computed so far (cache misses), for tests and metrics.
+    hash_checks: std::sync::atomic::AtomicU64,
 }
 
 impl BasicAuth {
@@ -122,6 +124,7 @@ impl BasicAuth {
                 salt,
                 permits: Arc::new(Semaphore::new(cpus)),
                 method: "basic".into(),
+                hash_checks: Default::default(),
             },
             errs,
         )
@@ -164,6 +167,8 @@ impl BasicAuth {
             return Outcome::Invalid;
         };
         let password = password.to_vec();
+        self.hash_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ok = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             hash.verify(&password)
@@ -181,6 +186,10 @@ impl BasicAuth {
         }
     }
 
+    pub fn hash_checks(&self) -> u64 {
+        self.hash_checks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn valid(&self, consumer: Arc<Consumer>) -> Outcome {
         Outcome::Valid(Identity {
             consumer: Some(consumer),
@@ -193,6 +202,73 @@ impl BasicAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Dur;
+
+    fn consumer(name: &str) -> Arc<Consumer> {
+        Arc::new(Consumer {
+            name: name.into(),
+            roles: Vec::new(),
+            metadata: Default::default(),
+            limits: Vec::new(),
+            name_header: http::HeaderValue::from_str(name).unwrap(),
+            roles_header: None,
+        })
+    }
+
+    fn auth(cache_for: Duration) -> BasicAuth {
+        let hash = PasswordHash::parse(&hash_password("pw").unwrap()).unwrap();
+        let (b, errs) = BasicAuth::build(
+            &BasicConfig {
+                cache_for: Some(Dur(cache_for)),
+            },
+            vec![("u".into(), "user".into(), consumer("c"), hash)],
+        );
+        assert!(errs.is_empty());
+        b
+    }
+
+    fn headers(user: &str, pass: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let v = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("Basic {v}").parse().unwrap(),
+        );
+        h
+    }
+
+    fn valid(o: &Outcome) -> bool {
+        matches!(o, Outcome::Valid(_))
+    }
+
+    #[tokio::test]
+    async fn good_checks_are_remembered_and_bad_ones_are_not() {
+        let b = auth(Duration::from_secs(30));
+        assert!(valid(&b.check(&headers("user", "pw")).await));
+        assert_eq!(b.hash_checks(), 1);
+        assert!(valid(&b.check(&headers("user", "pw")).await));
+        assert!(valid(&b.check(&headers("user", "pw")).await));
+        assert_eq!(b.hash_checks(), 1, "a remembered check costs no hash");
+        assert!(!valid(&b.check(&headers("user", "pw2")).await));
+        assert!(!valid(&b.check(&headers("user", "pw2")).await));
+        assert_eq!(b.hash_checks(), 3, "failures are never remembered");
+        // An unknown user costs a hash check too (no user enumeration by timing).
+        assert!(!valid(&b.check(&headers("nobody", "pw")).await));
+        assert_eq!(b.hash_checks(), 4);
+    }
+
+    #[tokio::test]
+    async fn remembered_checks_expire() {
+        let b = auth(Duration::from_millis(50));
+        assert!(valid(&b.check(&headers("user", "pw")).await));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(valid(&b.check(&headers("user", "pw")).await));
+        assert_eq!(b.hash_checks(), 2);
+        let off = auth(Duration::ZERO);
+        assert!(valid(&off.check(&headers("user", "pw")).await));
+        assert!(valid(&off.check(&headers("user", "pw")).await));
+        assert_eq!(off.hash_checks(), 2);
+    }
 
     #[test]
     fn hashes_verify() {
