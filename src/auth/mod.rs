@@ -324,8 +324,9 @@ impl TokenSource {
 
 /// The credentials of an `Authorization` header with the given scheme (case-insensitive).
 pub fn authorization<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (s, rest) = v.trim_start().split_once(' ')?;
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    // A bare scheme (`Bearer`) is that scheme with empty credentials: refused, not ignored.
+    let (s, rest) = v.split_once(' ').unwrap_or((v, ""));
     s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
@@ -1030,5 +1031,9 @@ mod tests {
         h.insert(header::AUTHORIZATION, "bearer abc.def".parse().unwrap());
         assert_eq!(authorization(&h, "Bearer"), Some("abc.def"));
         assert_eq!(authorization(&h, "basic"), None);
+        h.insert(header::AUTHORIZATION, "Bearer".parse().unwrap());
+        assert_eq!(authorization(&h, "bearer"), Some(""));
+        h.insert(header::AUTHORIZATION, "Bearerx".parse().unwrap());
+        assert_eq!(authorization(&h, "bearer"), None);
     }
 }

@@ -346,6 +346,8 @@ pub struct SigningKey {
     pub public_pem: String,
     /// The raw secret (HMAC only).
     pub secret: Vec<u8>,
+    /// The raw public key (Ed25519 only: jsonwebtoken cannot make its JWK from rcgen's PKCS#8 v2).
+    pub ed_public: Vec<u8>,
 }
 
 impl SigningKey {
@@ -374,6 +376,11 @@ impl SigningKey {
             encoding,
             public_pem: kp.public_key_pem(),
             secret: Vec::new(),
+            ed_public: if alg == Algorithm::EdDSA {
+                kp.public_key_raw().to_vec()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -384,6 +391,7 @@ impl SigningKey {
             encoding: EncodingKey::from_secret(secret),
             public_pem: String::new(),
             secret: secret.to_vec(),
+            ed_public: Vec::new(),
         }
     }
 
@@ -403,6 +411,12 @@ impl SigningKey {
 
     /// The public JWK, with `kid` and `alg`.
     pub fn jwk(&self) -> Value {
+        if self.alg == Algorithm::EdDSA {
+            return json!({
+                "kty": "OKP", "crv": "Ed25519", "x": b64(&self.ed_public),
+                "kid": self.kid, "alg": "EdDSA", "use": "sig",
+            });
+        }
         let mut jwk = Jwk::from_encoding_key(&self.encoding, self.alg).unwrap();
         jwk.common.key_id = Some(self.kid.clone());
         serde_json::to_value(jwk).unwrap()
@@ -476,6 +490,11 @@ impl JwksServer {
         let j = JwksServer { server, keys: set };
         j.set(keys);
         j
+    }
+
+    /// Serves this exact document.
+    pub fn set_raw(&self, doc: Value) {
+        *self.keys.lock().unwrap() = doc;
     }
 
     pub fn set(&self, keys: &[&SigningKey]) {
