@@ -64,7 +64,7 @@ async fn every_algorithm_verifies_inline_and_from_a_jwks() {
     let es384 = SigningKey::new(Algorithm::ES384, "p384");
     let ed = SigningKey::new(Algorithm::EdDSA, "ed");
     // A JWK without `alg` may verify any algorithm of its family.
-    let mut rsa_any = serde_json::to_value(&rsa.jwk()).unwrap();
+    let mut rsa_any = rsa.jwk();
     rsa_any.as_object_mut().unwrap().remove("alg");
     let jwks = JwksServer::start(&[&es256, &es384, &ed]).await;
     {

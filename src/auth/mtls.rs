@@ -87,3 +87,108 @@ impl MtlsAuth {
         Outcome::Invalid
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Consumer;
+    use std::collections::HashMap;
+
+    fn cert(cn: &str, sans: Vec<rcgen::SanType>) -> ClientCert {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Acme");
+        params.subject_alt_names = sans;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        ClientCert::parse(&der).unwrap()
+    }
+
+    fn ia5(s: &str) -> rcgen::string::Ia5String {
+        s.try_into().unwrap()
+    }
+
+    #[test]
+    fn parses_subject_and_every_kind_of_san() {
+        let c = cert(
+            "billing",
+            vec![
+                rcgen::SanType::DnsName(ia5("billing.acme.test")),
+                rcgen::SanType::URI(ia5("spiffe://acme.test/billing")),
+                rcgen::SanType::Rfc822Name(ia5("ops@acme.test")),
+                rcgen::SanType::IpAddress("10.1.2.3".parse().unwrap()),
+                rcgen::SanType::IpAddress("2001:db8::1".parse().unwrap()),
+            ],
+        );
+        assert_eq!(c.cn.as_deref(), Some("billing"));
+        assert_eq!(c.subject, "CN=billing, O=Acme");
+        assert_eq!(
+            c.sans,
+            [
+                "billing.acme.test",
+                "spiffe://acme.test/billing",
+                "ops@acme.test",
+                "10.1.2.3",
+                "2001:db8::1"
+            ]
+        );
+    }
+
+    fn consumer(name: &str) -> Arc<Consumer> {
+        Arc::new(Consumer {
+            name: name.into(),
+            roles: Vec::new(),
+            metadata: Default::default(),
+            limits: Vec::new(),
+            name_header: http::HeaderValue::from_str(name).unwrap(),
+            roles_header: None,
+        })
+    }
+
+    fn mapped(fields: Vec<CertField>, c: &ClientCert) -> Option<String> {
+        let mut lookup: Lookup = HashMap::new();
+        lookup.insert("spiffe://acme.test/billing".into(), consumer("by-san"));
+        lookup.insert("billing".into(), consumer("by-cn"));
+        lookup.insert("CN=billing, O=Acme".into(), consumer("by-subject"));
+        let m = MtlsAuth {
+            fields,
+            lookup: Arc::new(lookup),
+        };
+        let cx = crate::policy::Ctx {
+            request_id: http::HeaderValue::from_static("x"),
+            client: "127.0.0.1:1".parse().unwrap(),
+            tls: true,
+            started: std::time::Instant::now(),
+            route: 0,
+            route_name: "r".into(),
+            params: Default::default(),
+            path: "/".into(),
+            target: None,
+            upstream_latency: None,
+            identity: None,
+            client_cert: Some(Arc::new(c.clone())),
+        };
+        match m.check(&cx) {
+            Outcome::Valid(id) => Some(id.consumer.unwrap().name.to_string()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn fields_are_tried_in_order() {
+        let c = cert(
+            "billing",
+            vec![rcgen::SanType::URI(ia5("spiffe://acme.test/billing"))],
+        );
+        use CertField::*;
+        assert_eq!(mapped(vec![San, Cn], &c).as_deref(), Some("by-san"));
+        assert_eq!(mapped(vec![Cn, San], &c).as_deref(), Some("by-cn"));
+        assert_eq!(mapped(vec![Subject], &c).as_deref(), Some("by-subject"));
+        let other = cert("nobody", vec![]);
+        assert_eq!(mapped(vec![San, Cn, Subject], &other), None);
+    }
+}

@@ -190,10 +190,16 @@ pub fn server_config(
             Err(e) => errors.push((format!("{prefix}cert"), e)),
         }
     }
+    let client_verifier = match client_verifier(tls, base) {
+        Ok(v) => v,
+        Err(mut e) => {
+            errors.append(&mut e);
+            None
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
-    let client_verifier = client_verifier(tls, base)?;
     let resolver = SniResolver {
         exact,
         wildcard,

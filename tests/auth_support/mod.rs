@@ -522,10 +522,15 @@ pub struct IntrospectionServer {
 impl IntrospectionServer {
     pub async fn start(client_id: &str, client_secret: &str) -> IntrospectionServer {
         use base64::Engine;
+        // RFC 6749 §2.3.1: id and secret are form-encoded, then Basic-encoded.
+        let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         let expected = format!(
             "Basic {}",
-            base64::engine::general_purpose::STANDARD
-                .encode(format!("{client_id}:{client_secret}"))
+            base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                enc(client_id),
+                enc(client_secret)
+            ))
         );
         let tokens: Arc<Mutex<HashMap<String, Value>>> = Arc::default();
         let table = tokens.clone();
