@@ -74,7 +74,7 @@ impl Setup {
             .timeout(std::time::Duration::from_secs(10))
             .resolve("gw.test", addr)
             .use_preconfigured_tls(tls_config(
-                &[self.server_ca.clone()],
+                std::slice::from_ref(&self.server_ca),
                 cert.map(Issued::identity),
             ))
             .build()
