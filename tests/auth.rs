@@ -882,3 +882,108 @@ fn consumer_and_auth_typos_are_decode_errors() {
         "unknown field `hide`",
     );
 }
+
+// ---------------------------------------------------------------- docs and examples
+
+#[test]
+fn the_identity_example_compiles() {
+    let pools = portcullis::upstream::Pools::default();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/identity.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let env = |_: &str| None;
+    let gw = portcullis::compile::load_and_compile_str(
+        "examples/identity.yaml",
+        &text,
+        &env,
+        &portcullis::compile::CompileEnv::for_file(&path, &pools),
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(gw.routes.len(), 4);
+    assert!(gw.auth.consumer("acme-client-7").is_some());
+}
+
+/// Every YAML block of the README's identity section compiles (with the files and variables
+/// it refers to, and a provider or upstream where a block uses one it does not define).
+#[test]
+fn readme_identity_snippets_compile() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("\n## Identity:").expect("the section exists");
+    let len = readme[start + 1..].find("\n## ").unwrap();
+    let section = &readme[start..start + 1 + len];
+    let blocks: Vec<&str> = section
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert!(blocks.len() >= 8, "{} blocks", blocks.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    let pki = Pki::new("Docs CA");
+    let server = pki.server("api.example.com");
+    std::fs::write(dir.path().join("certs/api.pem"), &server.pem).unwrap();
+    std::fs::write(dir.path().join("certs/api.key"), &server.key_pem).unwrap();
+    std::fs::write(dir.path().join("certs/clients-ca.pem"), pki.ca_pem()).unwrap();
+    let ed = SigningKey::new(jsonwebtoken::Algorithm::EdDSA, "p");
+    std::fs::write(dir.path().join("keys/partner.pem"), &ed.public_pem).unwrap();
+    let env = |k: &str| match k {
+        "JWT_SECRET" | "INTROSPECT_SECRET" => Some("x".repeat(64)),
+        _ => None,
+    };
+    let pools = portcullis::upstream::Pools::default();
+    let cenv = portcullis::compile::CompileEnv {
+        base_dir: dir.path().to_path_buf(),
+        pools: &pools,
+    };
+    for block in blocks {
+        let mut yaml = block.to_owned();
+        if !yaml.contains("routes:") {
+            yaml.push_str("routes:\n  - { match: { path: /x }, respond: { status: 200 } }\n");
+        }
+        if yaml.contains("upstream: users") && !yaml.contains("upstreams:") {
+            yaml.insert_str(
+                0,
+                "upstreams:\n  users: { targets: [ { url: \"http://127.0.0.1:9\" } ] }\n",
+            );
+        }
+        if yaml.contains("corporate-idp") && !yaml.contains("auth:") {
+            yaml.push_str("auth:\n  jwt:\n    corporate-idp: { jwks_uri: \"http://127.0.0.1:9/jwks\", algorithms: [RS256] }\n");
+        }
+        if let Err(d) = portcullis::compile::load_and_compile_str("README.md", &yaml, &env, &cenv) {
+            panic!("a README snippet does not compile:\n{yaml}\n{d}");
+        }
+    }
+}
+
+#[test]
+fn a_plain_key_is_a_warning_that_does_not_show_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(
+        &path,
+        full_config(
+            r#"
+            consumers:
+              - { name: a, api_keys: ["do-not-log-me-0123"] }
+            routes:
+              - { match: { path: /x }, respond: { status: 200 }, policies: [ { authenticate: [api_key] } ] }
+            "#,
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["validate", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("consumers[0].api_keys[0]: a plain API key"),
+        "{err}"
+    );
+    assert!(!err.contains("do-not-log-me"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("do-not-log-me"));
+}
