@@ -793,3 +793,44 @@ async fn an_unreachable_jwks_is_503_not_401() {
     assert_401(gw.get("/down").send().await.unwrap(), &[BEARER]).await;
     assert_eq!(echo.hits(), 0);
 }
+
+#[tokio::test]
+async fn jwks_over_https_with_a_private_ca() {
+    let echo = Server::echo().await;
+    let pki = Pki::new("IdP CA");
+    let key = SigningKey::new(Algorithm::ES256, "k1");
+    let jwks = JwksServer::start_tls(&pki.server("localhost"), &[&key]).await;
+    assert!(jwks.url().starts_with("https://"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("idp-ca.pem"), pki.ca_pem()).unwrap();
+    let auth = format!(
+        r#"
+        jwt:
+          trusted: {{ jwks_uri: "{url}", algorithms: [ES256], ca: idp-ca.pem }}
+          untrusted: {{ jwks_uri: "{url}", algorithms: [ES256], timeout: 2s }}
+        "#,
+        url = jwks.url()
+    );
+    let gw = Gw::start_in(
+        dir,
+        config(&echo, &auth, &routes_for(&["trusted", "untrusted"])),
+    )
+    .await;
+    let token = key.sign(&claims(json!({})));
+    seen(
+        gw.get("/trusted")
+            .header("authorization", bearer(&token))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // The IdP's certificate does not chain to the system roots: no keys, 503.
+    let res = gw
+        .get("/untrusted")
+        .header("authorization", bearer(&token))
+        .send()
+        .await
+        .unwrap();
+    problem(res, 503, "identity-provider-unavailable").await;
+}

@@ -1,9 +1,10 @@
 //! The HTTP client identity providers are asked with (JWKS downloads, token introspection):
 //! hyper-util's pooled client over hyper-rustls (aws-lc-rs), `http` and `https`.
 //!
-//! One client with the system's roots is shared by every provider; a provider with its own
-//! `ca` gets a client that trusts only that CA. Clients are built at compile time (never on
-//! the request path) and answers are read with a timeout and a size cap.
+//! Each provider gets its own client (its own small connection pool, so a pool never outlives
+//! the runtime its connections were made on); they trust the system's roots, read once per
+//! process, or only the provider's `ca`. Clients are built at compile time (never on the
+//! request path) and answers are read with a timeout and a size cap.
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -39,7 +40,9 @@ fn build(tls: rustls::ClientConfig) -> AuthClient {
         .build(conn)
 }
 
-fn tls_with_roots(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+fn tls_with_roots(
+    roots: impl Into<Arc<rustls::RootCertStore>>,
+) -> Result<rustls::ClientConfig, String> {
     Ok(rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -47,14 +50,13 @@ fn tls_with_roots(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, 
         .with_no_client_auth())
 }
 
-/// The shared client trusting the system's roots.
-fn shared() -> AuthClient {
-    static CLIENT: OnceLock<AuthClient> = OnceLock::new();
-    CLIENT
+/// The system's CA certificates, read once.
+fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS
         .get_or_init(|| {
             let mut roots = rustls::RootCertStore::empty();
-            let native = rustls_native_certs::load_native_certs();
-            for c in native.certs {
+            for c in rustls_native_certs::load_native_certs().certs {
                 let _ = roots.add(c);
             }
             if roots.is_empty() {
@@ -62,15 +64,15 @@ fn shared() -> AuthClient {
                     "no system CA certificates found: https identity providers need a `ca`"
                 );
             }
-            build(tls_with_roots(roots).expect("aws-lc-rs supports the default versions"))
+            Arc::new(roots)
         })
         .clone()
 }
 
-/// The client for a provider: the shared one, or one that trusts only `ca` (a PEM file).
+/// A client for a provider, trusting the system's roots or only `ca` (a PEM file).
 pub fn client(ca: Option<&Path>) -> Result<AuthClient, String> {
     let Some(ca) = ca else {
-        return Ok(shared());
+        return Ok(build(tls_with_roots(system_roots())?));
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
         .map_err(|e| format!("cannot read CA certificates from {}: {e}", ca.display()))?

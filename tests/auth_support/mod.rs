@@ -47,6 +47,35 @@ impl Server {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
+        Server::serve_maybe_tls(None, handler).await
+    }
+
+    /// Serves over TLS with this certificate.
+    pub async fn serve_tls<F, Fut>(cert: &Issued, handler: F) -> Server
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_der.clone())),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        Server::serve_maybe_tls(Some(acceptor), handler).await
+    }
+
+    async fn serve_maybe_tls<F, Fut>(tls: Option<tokio_rustls::TlsAcceptor>, handler: F) -> Server
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -54,16 +83,24 @@ impl Server {
         let counter = hits.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (handler, counter) = (handler.clone(), counter.clone());
+                let (handler, counter, tls) = (handler.clone(), counter.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         counter.fetch_add(1, Ordering::SeqCst);
                         let fut = handler(req);
                         async move { Ok::<_, Infallible>(fut.await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -471,13 +508,23 @@ pub fn tampered(token: &str, claims: &Value) -> String {
 pub struct JwksServer {
     pub server: Server,
     keys: Arc<Mutex<Value>>,
+    tls: bool,
 }
 
 impl JwksServer {
     pub async fn start(keys: &[&SigningKey]) -> JwksServer {
+        JwksServer::start_maybe_tls(None, keys).await
+    }
+
+    /// Over https, with this server certificate.
+    pub async fn start_tls(cert: &Issued, keys: &[&SigningKey]) -> JwksServer {
+        JwksServer::start_maybe_tls(Some(cert), keys).await
+    }
+
+    async fn start_maybe_tls(cert: Option<&Issued>, keys: &[&SigningKey]) -> JwksServer {
         let set = Arc::new(Mutex::new(json!({ "keys": [] })));
         let served = set.clone();
-        let server = Server::serve(move |_req| {
+        let handler = move |_req| {
             let body = served.lock().unwrap().to_string();
             async move {
                 Response::builder()
@@ -485,9 +532,16 @@ impl JwksServer {
                     .body(Full::new(Bytes::from(body)))
                     .unwrap()
             }
-        })
-        .await;
-        let j = JwksServer { server, keys: set };
+        };
+        let server = match cert {
+            None => Server::serve(handler).await,
+            Some(c) => Server::serve_tls(c, handler).await,
+        };
+        let j = JwksServer {
+            server,
+            keys: set,
+            tls: cert.is_some(),
+        };
         j.set(keys);
         j
     }
@@ -503,7 +557,14 @@ impl JwksServer {
     }
 
     pub fn url(&self) -> String {
-        format!("{}/.well-known/jwks.json", self.server.url())
+        if self.tls {
+            format!(
+                "https://localhost:{}/.well-known/jwks.json",
+                self.server.addr.port()
+            )
+        } else {
+            format!("{}/.well-known/jwks.json", self.server.url())
+        }
     }
 
     pub fn hits(&self) -> usize {
