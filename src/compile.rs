@@ -81,6 +81,9 @@ pub struct Gateway {
     pub source: Arc<SourceMap>,
     /// Consumers and identity providers (`consumers:`, `auth:`).
     pub auth: Arc<crate::auth::Registry>,
+    /// The `state:` section and the slot through which policies reach the store; the server
+    /// binds it to its long-lived stores when it installs the snapshot.
+    pub state: crate::state::Binding,
 }
 
 /// What compilation needs besides the config.
@@ -320,6 +323,29 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
         }
     }
 
+    // --- state (rate-limit counters)
+    let state = crate::state::Binding::new(compile_state(&cfg.state, &mut d));
+    // Consumers' own rate limits, by consumer name; filled from `consumers:` (identity) before
+    // the routes are compiled, since each rate_limit policy takes what it needs from it.
+    let mut consumer_limits = policy::rate_limit::ConsumerLimits::new();
+    for c in &cfg.consumers {
+        let limits: Vec<policy::rate_limit::ConsumerLimit> = c
+            .limits
+            .iter()
+            .map(|l| policy::rate_limit::ConsumerLimit {
+                requests: l.requests,
+                per: l.per.0,
+                algorithm: l.algorithm,
+                burst: l.burst,
+                name: l.name.clone(),
+            })
+            .collect();
+        if let Err((field, msg)) = consumer_limits.insert(&c.name, &limits) {
+            d.at(&format!("consumers[{}].limits{field}", c.index), msg);
+        }
+    }
+    let consumer_limits = Arc::new(consumer_limits);
+
     // --- upstreams
     let mut upstreams = BTreeMap::new();
     for (name, u) in &cfg.upstreams {
@@ -359,9 +385,18 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
                 format!("route name {name:?} is used twice"),
             );
         }
-        let Some((route, spec)) =
-            compile_route(i, name, r, cfg, &upstreams, &auth, default_max_body, &mut d)
-        else {
+        let traffic = (&state.slot, &consumer_limits);
+        let Some((route, spec)) = compile_route(
+            i,
+            name,
+            r,
+            cfg,
+            &upstreams,
+            &auth,
+            default_max_body,
+            traffic,
+            &mut d,
+        ) else {
             continue;
         };
         specs.push(RouteSpec {
@@ -395,7 +430,54 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
         workers: cfg.workers,
         source: loaded.source.clone(),
         auth,
+        state,
     })
+}
+
+/// `state:` → what the server binds: memory (default) or a checked Redis setting.
+fn compile_state(
+    s: &crate::config::traffic::StateConfig,
+    d: &mut Diags<'_>,
+) -> crate::state::StateSpec {
+    use crate::config::traffic::StateBackend;
+    use crate::state::{RedisSpec, StateSpec};
+    match (s.backend, &s.redis) {
+        (StateBackend::Memory, _) => StateSpec::Memory,
+        (StateBackend::Redis, None) => {
+            d.at(
+                "state.redis",
+                "`backend: redis` needs `redis: { url: redis://host:6379 }`",
+            );
+            StateSpec::Memory
+        }
+        (StateBackend::Redis, Some(r)) => {
+            if let Err(e) = redis::Client::open(r.url.as_str()) {
+                d.at(
+                    "state.redis.url",
+                    format!(
+                        "{:?} is not a Redis URL ({e}); expected redis://host:6379",
+                        r.url
+                    ),
+                );
+            }
+            let timeout = r
+                .timeout
+                .map(|t| t.0)
+                .unwrap_or(crate::state::DEFAULT_REDIS_TIMEOUT);
+            if timeout.is_zero() {
+                d.at("state.redis.timeout", "must be more than 0");
+            }
+            StateSpec::Redis(RedisSpec {
+                url: r.url.clone(),
+                prefix: r
+                    .prefix
+                    .clone()
+                    .unwrap_or_else(|| crate::state::DEFAULT_PREFIX.to_owned()),
+                on_error: r.on_error,
+                timeout,
+            })
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -407,6 +489,10 @@ fn compile_route(
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     auth: &crate::auth::Registry,
     default_max_body: u64,
+    traffic: (
+        &crate::state::StateSlot,
+        &Arc<policy::rate_limit::ConsumerLimits>,
+    ),
     d: &mut Diags<'_>,
 ) -> Option<(Route, RouteSpec)> {
     let before = d.list.len();
@@ -568,9 +654,16 @@ fn compile_route(
     }
     let mut chain: Vec<AnyPolicy> = Vec::new();
     let route_policies: Vec<PolicyConfig> = configs.iter().map(|(_, c)| c.clone()).collect();
+    let benv = policy::BuildEnv {
+        route: &name,
+        params: &param_names,
+        state: traffic.0,
+        consumer_limits: traffic.1,
+    };
     let bcx = policy::BuildCx {
         auth,
         route: &route_policies,
+        env: &benv,
     };
     for (j, pc) in policy::in_phase_order(configs) {
         match pc.build(&bcx) {

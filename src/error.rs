@@ -63,6 +63,12 @@ pub enum GatewayError {
     AuthUnavailable,
     #[error("internal error")]
     Internal,
+    #[error("rate limit {policy:?} exceeded; retry in {retry_after} s")]
+    RateLimited { policy: String, retry_after: u64 },
+    #[error("more than {max} requests in flight {}", if *route_wide { "on this route" } else { "for this client" })]
+    ConcurrencyLimited { max: u64, route_wide: bool },
+    #[error("rate limits cannot be checked: the shared state is unavailable")]
+    StateUnavailable,
 }
 
 impl GatewayError {
@@ -84,6 +90,16 @@ impl GatewayError {
             UpstreamConnect { .. } | UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             UpstreamConnectTimeout { .. } | UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            // Keyed by client, the client is over its share: 429. A route-wide cap means the
+            // backend's capacity is used up, which is no one client's fault: 503.
+            ConcurrencyLimited {
+                route_wide: false, ..
+            } => StatusCode::TOO_MANY_REQUESTS,
+            ConcurrencyLimited {
+                route_wide: true, ..
+            }
+            | StateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -110,6 +126,9 @@ impl GatewayError {
             UpstreamTimeout { .. } => "upstream-timeout",
             UpstreamProtocol { .. } => "upstream-bad-response",
             Internal => "internal",
+            RateLimited { .. } => "rate-limited",
+            ConcurrencyLimited { .. } => "concurrency-limited",
+            StateUnavailable => "rate-limit-unavailable",
         }
     }
 
@@ -124,7 +143,9 @@ impl GatewayError {
             | HeadersTooLarge { .. }
             | Gone(_)
             | Unauthorized { .. }
-            | Forbidden { .. } => Fault::Client,
+            | Forbidden { .. }
+            | RateLimited { .. }
+            | ConcurrencyLimited { .. } => Fault::Client,
             AuthUnavailable => Fault::Upstream,
             NoTarget { .. }
             | NoHealthyTarget { .. }
@@ -134,7 +155,7 @@ impl GatewayError {
             | UpstreamConnectTimeout { .. }
             | UpstreamTimeout { .. }
             | UpstreamProtocol { .. } => Fault::Upstream,
-            Internal => Fault::Gateway,
+            Internal | StateUnavailable => Fault::Gateway,
         }
     }
 
@@ -167,6 +188,15 @@ impl GatewayError {
             _ => {}
         }
         if let Some(secs) = self.retry_after() {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        let retry_after = match self {
+            GatewayError::RateLimited { retry_after, .. } => Some((*retry_after).max(1)),
+            GatewayError::ConcurrencyLimited { .. } | GatewayError::StateUnavailable => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

@@ -24,4 +24,5 @@ pub mod policy;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod state;
 pub mod upstream;

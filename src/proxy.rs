@@ -90,6 +90,9 @@ where
         upstream_latency: None,
         identity: None,
         client_cert: conn.client_cert,
+        consumer: None,
+        api_key: None,
+        traffic: Default::default(),
     };
     let peer = Peer {
         ip: conn.peer.ip(),

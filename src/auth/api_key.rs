@@ -97,6 +97,7 @@ impl ApiKeys {
             Some(c) => Outcome::Valid(Identity {
                 consumer: Some(c.clone()),
                 method: self.method.clone(),
+                key_id: Some(key_id(key)),
                 token: None,
             }),
             None => Outcome::Invalid,
@@ -166,6 +167,16 @@ pub fn generate() -> String {
     let mut bytes = [0u8; 32];
     aws_lc_rs::rand::fill(&mut bytes).expect("the system RNG works");
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A stable, non-secret name for a key: the first 12 bytes of its SHA-256, in hex.
+fn key_id(key: &[u8]) -> Arc<str> {
+    let d = sha256(&[key]);
+    d[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        .into()
 }
 
 #[cfg(test)]

@@ -195,6 +195,7 @@ impl BasicAuth {
             consumer: Some(consumer),
             method: self.method.clone(),
             token: None,
+            key_id: None,
         })
     }
 }

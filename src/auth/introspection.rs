@@ -151,6 +151,7 @@ impl Introspector {
             consumer: info.consumer.clone(),
             method: self.name.clone(),
             token: Some(info),
+            key_id: None,
         })
     }
 

@@ -278,6 +278,7 @@ impl JwtProvider {
             consumer: info.consumer.clone(),
             method: self.name.clone(),
             token: Some(info),
+            key_id: None,
         })
     }
 

@@ -87,6 +87,9 @@ pub struct Identity {
     /// The method that accepted the caller: `api_key`, `basic`, `mtls`, `anonymous` or a
     /// provider name.
     pub method: Arc<str>,
+    /// For API keys: a short digest of the key that matched (never the key), so that rate
+    /// limits can be keyed per key rather than per consumer.
+    pub key_id: Option<Arc<str>>,
     /// Claims, scopes and roles of a token; `None` for keys, passwords and certificates.
     pub token: Option<Arc<TokenInfo>>,
 }
@@ -97,6 +100,7 @@ impl Identity {
             consumer: None,
             method: "anonymous".into(),
             token: None,
+            key_id: None,
         }
     }
 

@@ -80,6 +80,7 @@ impl MtlsAuth {
                         consumer: Some(consumer.clone()),
                         method: "mtls".into(),
                         token: None,
+                        key_id: None,
                     });
                 }
             }
@@ -171,6 +172,9 @@ mod tests {
             upstream_latency: None,
             identity: None,
             client_cert: Some(Arc::new(c.clone())),
+            consumer: None,
+            api_key: None,
+            traffic: Default::default(),
         };
         match m.check(&cx) {
             Outcome::Valid(id) => Some(id.consumer.unwrap().name.to_string()),

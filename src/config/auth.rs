@@ -49,13 +49,21 @@ pub struct BasicCredentialConfig {
     pub password: String,
 }
 
-/// `consumers[].limits[]`: `requests` per `per`.
+/// `consumers[].limits[]`: `requests` per `per`, with the same optional `algorithm`, `burst`
+/// and `name` as a route's `rate_limit` limits. They replace the route's limits of the same
+/// name for this consumer (see the rate_limit policy).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     #[serde(deserialize_with = "int_or_string")]
     pub requests: u64,
     pub per: Dur,
+    #[serde(default)]
+    pub algorithm: Option<crate::state::Algorithm>,
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// `auth`: identity providers, by name, and settings of the built-in methods.

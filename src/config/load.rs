@@ -357,6 +357,11 @@ pub fn load_str_partial(
                     .collect()
             }
             "auth" => cfg.auth = dec.auth(node, &path),
+            "state" => {
+                cfg.state = dec
+                    .one::<super::traffic::StateConfig>(node, &path)
+                    .unwrap_or_default()
+            }
             "workers" => {
                 cfg.workers = dec
                     .one::<Option<Workers>>(node, &path)
@@ -371,7 +376,7 @@ pub fn load_str_partial(
                     column: loc.column,
                     path: other.to_owned(),
                     message: format!(
-                        "unknown section `{other}`; expected one of: listeners, admin, defaults, server, access_log, upstreams, consumers, auth, routes, workers"
+                        "unknown section `{other}`; expected one of: listeners, admin, defaults, server, access_log, upstreams, consumers, auth, state, routes, workers"
                     ),
                 });
             }

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod load;
+pub mod traffic;
 pub mod units;
 pub mod upstream;
 
@@ -37,6 +38,8 @@ pub struct Config {
     pub consumers: Vec<ConsumerConfig>,
     /// Identity providers that routes refer to by name (issue 4).
     pub auth: AuthConfig,
+    /// Where rate-limit counters live (issue 5).
+    pub state: traffic::StateConfig,
     /// Worker threads of the async runtime; defaults to the number of CPUs.
     pub workers: Option<usize>,
 }

@@ -108,6 +108,9 @@ impl Authenticate {
             }
         }
         id.forward(req.headers_mut());
+        // What rate limits key on: the consumer's name and the key's digest.
+        cx.consumer = id.consumer.as_ref().map(|c| c.name.clone());
+        cx.api_key = id.key_id.clone();
         cx.identity = Some(id);
         Flow::Continue
     }

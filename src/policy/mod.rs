@@ -11,8 +11,10 @@
 
 pub mod authenticate;
 pub mod authorize;
+pub mod concurrency_limit;
 pub mod deprecation;
 pub mod ip_filter;
+pub mod rate_limit;
 
 use crate::body::Body;
 use crate::error::GatewayError;
@@ -46,6 +48,15 @@ pub struct Ctx {
     pub identity: Option<crate::auth::Identity>,
     /// The client certificate the TLS handshake verified (mTLS listeners).
     pub client_cert: Option<Arc<crate::auth::mtls::ClientCert>>,
+    /// The caller's consumer name, for `consumer` rate-limit keys and a consumer's own
+    /// limits; set by `authenticate`. `None` = anonymous.
+    pub consumer: Option<Arc<str>>,
+    /// The verified API key's identity (never the key itself), for `api_key` rate-limit
+    /// keys. Filled by authentication like `consumer`.
+    pub api_key: Option<Arc<str>>,
+    /// Traffic control's per-request state: rate-limit results for the response headers and
+    /// in-flight permits held until the response body ends.
+    pub traffic: rate_limit::Traffic,
 }
 
 impl Ctx {
@@ -87,6 +98,8 @@ pub struct BuildCx<'a> {
     pub auth: &'a crate::auth::Registry,
     /// Every policy of the route (e.g. `authorize` needs an `authenticate`).
     pub route: &'a [PolicyConfig],
+    /// The route's name, params and the long-lived state (rate limits).
+    pub env: &'a BuildEnv<'a>,
 }
 
 /// Why a policy could not be built: messages, each at a field below the policy's config path
@@ -101,8 +114,12 @@ impl BuildError {
 }
 
 impl From<String> for BuildError {
+    /// Messages made by [`field_error`] point at their field.
     fn from(msg: String) -> Self {
-        BuildError::at("", msg)
+        match split_field_error(&msg) {
+            (Some(field), m) => BuildError::at(format!(".{field}"), m),
+            (None, m) => BuildError::at("", m),
+        }
     }
 }
 
@@ -116,9 +133,18 @@ impl From<&str> for BuildError {
 #[cfg(test)]
 pub fn test_cx<R>(f: impl FnOnce(&BuildCx<'_>) -> R) -> R {
     let auth = crate::auth::Registry::empty();
+    let slot = crate::state::StateSlot::default();
+    let consumer_limits = Arc::new(rate_limit::ConsumerLimits::new());
+    let env = BuildEnv {
+        route: "",
+        params: &[],
+        state: &slot,
+        consumer_limits: &consumer_limits,
+    };
     f(&BuildCx {
         auth: &auth,
         route: &[],
+        env: &env,
     })
 }
 
@@ -126,6 +152,32 @@ pub fn test_cx<R>(f: impl FnOnce(&BuildCx<'_>) -> R) -> R {
 pub trait Build: Sized {
     type Config;
     fn build(cfg: &Self::Config, cx: &BuildCx<'_>) -> Result<Self, BuildError>;
+}
+
+/// What a policy may use besides its own config when it is built.
+pub struct BuildEnv<'a> {
+    /// The route's name (rate-limit counters are scoped by route).
+    pub route: &'a str,
+    /// The route's path parameter names (for `param:NAME` keys).
+    pub params: &'a [Box<str>],
+    /// The slot through which the snapshot's policies reach the long-lived state store.
+    pub state: &'a crate::state::StateSlot,
+    /// Consumers' own rate limits, by consumer name.
+    pub consumer_limits: &'a Arc<rate_limit::ConsumerLimits>,
+}
+
+/// A build error about one field inside the policy's config (`per`, `limits[1].burst`), so
+/// that the diagnostic points at that field rather than at the policy.
+pub fn field_error(field: &str, msg: impl std::fmt::Display) -> String {
+    format!("\u{1}{field}\u{1}{msg}")
+}
+
+/// Splits what [`field_error`] made into (field, message); other errors have no field.
+pub fn split_field_error(e: &str) -> (Option<&str>, &str) {
+    match e.strip_prefix('\u{1}').and_then(|r| r.split_once('\u{1}')) {
+        Some((field, msg)) => (Some(field), msg),
+        None => (None, e),
+    }
 }
 
 /// The registry: `Variant = "yaml_key" => module::Type`. Order = phase order.
@@ -180,6 +232,11 @@ policies! {
     // Who is calling, then what they may do.
     Authenticate = "authenticate" => authenticate::Authenticate,
     Authorize = "authorize" => authorize::Authorize,
+    // Traffic control after identity (authentication/authorization go before this line), so
+    // that `consumer` keys see the caller; rate limits before concurrency limits, so that a
+    // refused request never takes an in-flight slot.
+    RateLimit = "rate_limit" => rate_limit::RateLimit,
+    ConcurrencyLimit = "concurrency_limit" => concurrency_limit::ConcurrencyLimit,
 }
 
 /// Sorts a route's policy configs into phase order (stable: same-kind entries keep file order).

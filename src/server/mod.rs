@@ -115,6 +115,8 @@ struct State {
     current: ArcSwap<Snapshot>,
     source: ConfigSource,
     pools: Arc<Pools>,
+    /// Rate-limit counters and the Redis connection, kept across reloads.
+    stores: crate::state::Stores,
     generation: AtomicU64,
     running: Mutex<HashMap<(Kind, String), Running>>,
     sinks: Mutex<HashMap<Option<String>, Sink>>,
@@ -148,6 +150,7 @@ pub async fn start(opts: Options) -> Result<ServerHandle, StartError> {
         }),
         source,
         pools,
+        stores: crate::state::Stores::new(),
         generation: AtomicU64::new(0),
         running: Mutex::new(HashMap::new()),
         sinks: Mutex::new(HashMap::new()),
@@ -189,6 +192,7 @@ fn empty_gateway(gw: &Gateway) -> Gateway {
         workers: None,
         source: gw.source.clone(),
         auth: gw.auth.clone(),
+        state: Default::default(),
     }
 }
 
@@ -310,6 +314,7 @@ impl ServerHandle {
         };
         // Discovered upstreams that were never resolved get their targets before serving.
         st.pools.prepare(&gw.upstreams).await;
+        gw.state.bind(&st.stores);
         let old_workers = st.current.load().gateway.workers;
         let generation = st.generation.fetch_add(1, Ordering::Relaxed) + 1;
         if generation > 1 && old_workers != gw.workers {
