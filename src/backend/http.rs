@@ -4,12 +4,15 @@
 //! The request that goes upstream is the normalised one (same path the router and policies
 //! saw), rewritten as the route says, with hop-by-hop headers removed and the gateway's own
 //! headers (`X-Forwarded-*`, `Via`, request id) set last so nothing the client sent can undo
-//! them.
+//! them. Each try carries a `traceparent` naming its own span when tracing is on, and counts
+//! as in flight on its target until the response body is done.
 
 use crate::body::{self, Body};
 use crate::compile::{Route, Settings};
 use crate::error::GatewayError;
 use crate::forwarded;
+use crate::observe::metrics::InFlight;
+use crate::observe::trace::TryOutcome;
 use crate::policy::Ctx;
 use crate::upstream::Upstream;
 use http::{header, uri, HeaderValue, Request, Response, Uri, Version};
@@ -111,21 +114,34 @@ pub async fn forward(
         parts.headers.remove(header::HOST);
     }
 
+    let span = cx.trace.as_mut().map(|t| t.start_try());
+    if let (Some(t), Some(s)) = (&cx.trace, &span) {
+        t.inject(s, &mut parts.headers);
+    }
+    let method = parts.method.clone();
+
     let timeout = route.request_timeout.unwrap_or(up.request_timeout);
+    let in_flight = target.stats.in_flight_guard();
     let sent = Instant::now();
     let result =
         tokio::time::timeout(timeout, up.client.request(Request::from_parts(parts, body))).await;
     cx.upstream_latency = Some(sent.elapsed());
-    let res = match result {
-        Err(_) => {
-            return Err(GatewayError::UpstreamTimeout {
-                upstream: up.name.to_string(),
-                timeout_ms: timeout.as_millis(),
-            })
-        }
-        Ok(Err(e)) => return Err(classify(&e, up)),
-        Ok(Ok(res)) => res,
+    let result = match result {
+        Err(_) => Err(GatewayError::UpstreamTimeout {
+            upstream: up.name.to_string(),
+            timeout_ms: timeout.as_millis(),
+        }),
+        Ok(Err(e)) => Err(classify(&e, up)),
+        Ok(Ok(res)) => Ok(res),
     };
+    if let (Some(t), Some(s)) = (&cx.trace, span) {
+        let outcome = match &result {
+            Ok(r) => TryOutcome::Status(r.status().as_u16()),
+            Err(e) => TryOutcome::Error(e.slug()),
+        };
+        t.end_try(s, &method, &up.name, &target.label, outcome);
+    }
+    let res = result?;
 
     let (mut parts, body) = res.into_parts();
     forwarded::strip_response_hop_by_hop(&mut parts.headers);
@@ -140,7 +156,43 @@ pub async fn forward(
         );
     }
     parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(parts, body::boxed(body)))
+    Ok(Response::from_parts(
+        parts,
+        body::boxed(Counted {
+            inner: body,
+            _in_flight: in_flight,
+        }),
+    ))
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body that keeps its request counted as in flight on the target
+    /// until the body is done or dropped.
+    struct Counted<B> {
+        #[pin]
+        inner: B,
+        _in_flight: InFlight,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Maps a client error to what the user should hear. A body cut by our own size limit is the

@@ -39,6 +39,8 @@ pub struct Ctx {
     pub target: Option<Arc<str>>,
     /// Time from sending upstream until the response headers came back.
     pub upstream_latency: Option<std::time::Duration>,
+    /// The request's trace context when tracing is on; upstream tries are its child spans.
+    pub trace: Option<crate::observe::trace::RequestTrace>,
 }
 
 impl Ctx {

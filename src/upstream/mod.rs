@@ -28,6 +28,8 @@ pub struct Target {
     pub label: Arc<str>,
     /// The `Host` header for this target, built once.
     pub host_header: http::HeaderValue,
+    /// Live state (in-flight, health, circuit) for metrics and the admin API.
+    pub stats: Arc<crate::observe::metrics::TargetStats>,
 }
 
 pub struct Upstream {
@@ -138,6 +140,7 @@ pub fn parse_target(url: &str) -> Result<Target, String> {
         base_path,
         label,
         host_header,
+        stats: Default::default(),
     })
 }
 
