@@ -619,14 +619,15 @@ fn spawn_watcher(handle: ServerHandle, path: PathBuf) {
     });
 }
 
-/// SIGUSR1 reopens access-log files (log rotation). Registered once per process, before
-/// `start` returns, so the signal never falls through to its default action (exit).
+/// SIGUSR1 reopens access-log files (log rotation). Registered before `start` returns, so
+/// the signal never falls through to its default action (exit). Every server registers its
+/// own listener on its own runtime (tests run several runtimes in one process); the
+/// reopening itself is process-wide and idempotent.
 fn spawn_sigusr1() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| match signal(SignalKind::user_defined1()) {
+        match signal(SignalKind::user_defined1()) {
             Ok(mut usr1) => {
                 tokio::spawn(async move {
                     while usr1.recv().await.is_some() {
@@ -635,8 +636,10 @@ fn spawn_sigusr1() {
                     }
                 });
             }
-            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGUSR1; access-log files will not be reopened"),
-        });
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGUSR1; access-log files will not be reopened")
+            }
+        }
     }
 }
 
