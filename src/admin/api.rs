@@ -24,6 +24,7 @@ use crate::config::Diagnostics;
 use crate::error::problem_ext;
 use crate::server::{ServerHandle, StartError};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
@@ -495,14 +496,28 @@ async fn reload(State(a): State<Admin>, Extension(rid): Extension<RequestId>) ->
     responses(
         (status = 200, description = "The config is valid", body = Validated),
         (status = 400, description = "The body is not UTF-8", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 2 MB", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The config has errors", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn validate(
     State(a): State<Admin>,
     Extension(rid): Extension<RequestId>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        // Too large (axum's 2 MB default) or cut off: still a problem+json answer.
+        Err(e) => {
+            let status = e.status();
+            let slug = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "body-too-large"
+            } else {
+                "bad-request-body"
+            };
+            return problem_response(status, slug, &e.body_text(), &rid, None);
+        }
+    };
     let Ok(text) = std::str::from_utf8(&body) else {
         return problem_response(
             StatusCode::BAD_REQUEST,

@@ -701,23 +701,4 @@ impl ServerHandle {
             },
         )
     }
-
-    /// Status facts for the admin listener.
-    pub fn status(&self) -> serde_json::Value {
-        let snap = self.snapshot();
-        let (ok, failed) = self.reload_counts();
-        let uptime = self.state.started_at.elapsed().unwrap_or_default();
-        serde_json::json!({
-            "status": "ok",
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_seconds": uptime.as_secs(),
-            "config_generation": snap.generation,
-            "reloads": { "ok": ok, "failed": failed },
-            "routes": snap.gateway.routes.len(),
-            "upstreams": snap.gateway.upstreams.keys().collect::<Vec<_>>(),
-            "listeners": self.addrs().into_iter().map(|(n, a)| serde_json::json!({"name": n, "addr": a.to_string()})).collect::<Vec<_>>(),
-            "access_log_dropped": snap.log.as_ref().map_or(0, |l| l.dropped()),
-            "spans_dropped": snap.tracer.as_ref().map_or(0, |t| t.dropped()),
-        })
-    }
 }
