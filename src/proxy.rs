@@ -160,9 +160,8 @@ where
         })
     });
     let pending = Box::new(Pending {
-        snap: snap.clone(),
+        snap,
         route: cx.route,
-        route_name: cx.route_name.clone(),
         method,
         status,
         upstream: cx.upstream_latency,
@@ -368,7 +367,6 @@ where
 struct Pending {
     snap: Arc<Snapshot>,
     route: usize,
-    route_name: Arc<str>,
     method: http::Method,
     status: u16,
     upstream: Option<std::time::Duration>,
@@ -413,12 +411,11 @@ impl Pending {
             sink.write(record.format(s.format, s.fields.as_deref()));
         }
         if let Some(end) = self.span {
-            let matched = self.route != usize::MAX;
             end.trace.finish(RequestEnd {
                 method: &self.method,
                 path: &end.path,
                 host: &end.host,
-                route: matched.then_some(&*self.route_name),
+                route: self.snap.gateway.routes.get(self.route).map(|r| &*r.name),
                 status: self.status,
                 client: end.client,
                 protocol: crate::observe::access_log::version_str(end.version),

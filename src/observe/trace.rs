@@ -621,6 +621,9 @@ async fn export_loop(settings: TraceSettings, mut rx: mpsc::Receiver<Span>) {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let mut batch = Vec::with_capacity(BATCH);
+    // A collector that is down would otherwise log twice a second.
+    let mut last_warning: Option<Instant> = None;
+    let mut failed = 0u64;
     while let Some(first) = rx.recv().await {
         batch.push(first);
         let deadline = tokio::time::sleep(BATCH_DELAY);
@@ -643,13 +646,22 @@ async fn export_loop(settings: TraceSettings, mut rx: mpsc::Receiver<Span>) {
         for (k, v) in &settings.headers {
             req.headers_mut().insert(k.clone(), v.clone());
         }
-        match tokio::time::timeout(EXPORT_TIMEOUT, client.request(req)).await {
-            Ok(Ok(res)) if res.status().is_success() => {}
-            Ok(Ok(res)) => {
-                tracing::warn!(status = %res.status(), "the OTLP collector refused a batch of spans")
+        let problem = match tokio::time::timeout(EXPORT_TIMEOUT, client.request(req)).await {
+            Ok(Ok(res)) if res.status().is_success() => None,
+            Ok(Ok(res)) => Some(format!("the collector answered {}", res.status())),
+            Ok(Err(e)) => Some(format!("cannot reach the collector: {e}")),
+            Err(_) => Some("the export timed out".to_owned()),
+        };
+        if let Some(problem) = problem {
+            failed += 1;
+            if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                last_warning = Some(Instant::now());
+                tracing::warn!(
+                    endpoint = %settings.endpoint,
+                    failed_batches = failed,
+                    "spans were not exported: {problem}"
+                );
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot export spans to the OTLP collector"),
-            Err(_) => tracing::warn!("exporting spans to the OTLP collector timed out"),
         }
     }
 }
