@@ -15,6 +15,8 @@
 #   BENCH_WAIT_QUIET=0     wait up to N seconds for other CPU load to drop below 10% before measuring
 #   BENCH_KEEP=1           keep the temp dir (configs, logs, raw wrk output)
 #   CARGO_TARGET_DIR       default /work/target; binary is $CARGO_TARGET_DIR/release/portcullis
+#   BASELINE_BIN=PATH      also run this portcullis binary (row "portcullis-base") in the same
+#                          interleaved rounds: a before/after comparison under the same noise
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -151,6 +153,16 @@ if [ "$SKIP_PORTCULLIS" != 1 ]; then
     wait_ready portcullis "${PIDS[-1]}" "http://127.0.0.1:$PORTCULLIS_PORT$REQ_PATH" "$WORK/portcullis.log"
     TARGETS+=(portcullis)
     URL[portcullis]="http://127.0.0.1:$PORTCULLIS_PORT$REQ_PATH"
+    if [ -n "${BASELINE_BIN:-}" ]; then
+        free_port BASE_PORT
+        render "$HERE/portcullis.yaml.tmpl" "$WORK/portcullis-base.yaml" "$BASE_PORT" "$UPSTREAM_PORT"
+        taskset -c "$PROXY_CPU" "$BASELINE_BIN" run -c "$WORK/portcullis-base.yaml" \
+            >"$WORK/portcullis-base.log" 2>&1 &
+        PIDS+=($!)
+        wait_ready portcullis-base "${PIDS[-1]}" "http://127.0.0.1:$BASE_PORT$REQ_PATH" "$WORK/portcullis-base.log"
+        TARGETS+=(portcullis-base)
+        URL[portcullis-base]="http://127.0.0.1:$BASE_PORT$REQ_PATH"
+    fi
 fi
 
 # --- measure --------------------------------------------------------------
@@ -222,6 +234,7 @@ echo "- CPU pinning (taskset, $(nproc) cores): proxy under test (nginx-proxy / p
 echo "  (so the 'upstream' row shares one core between wrk and the upstream: it's a reference, not a ceiling)"
 echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //'), 1 worker, access_log off, upstream keepalive 64"
 [ "$SKIP_PORTCULLIS" != 1 ] && echo "- portcullis: $PORTCULLIS_BIN, workers: 1, access_log off"
+[ -n "${BASELINE_BIN:-}" ] && echo "- portcullis-base: $BASELINE_BIN, same config"
 # Other CPU load (e.g. a cargo build) skews results; record it so a noisy run is recognisable.
 echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg); 'other CPU' = busy CPU not used by the benchmark's own processes, % of all cores"
 echo
@@ -292,4 +305,13 @@ if [ "$SKIP_PORTCULLIS" != 1 ]; then
     echo "| req/s (higher is better) | $(ratio "${MRPS[portcullis]}" "${MRPS[nginx]}") |"
     echo "| p99 latency (lower is better) | $(ratio "${MP99[portcullis]}" "${MP99[nginx]}") |"
     echo
+    if [ -n "${BASELINE_BIN:-}" ]; then
+        echo "### portcullis / portcullis-base"
+        echo
+        echo "| metric | ratio |"
+        echo "|---|---:|"
+        echo "| req/s (higher is better) | $(ratio "${MRPS[portcullis]}" "${MRPS[portcullis-base]}") |"
+        echo "| p99 latency (lower is better) | $(ratio "${MP99[portcullis]}" "${MP99[portcullis-base]}") |"
+        echo
+    fi
 fi

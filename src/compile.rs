@@ -7,7 +7,9 @@
 
 use crate::backend::{Backend, DirectResponse, Rewrite};
 use crate::config::load::FieldPath;
-use crate::config::{AccessLogConfig, Diagnostic, Diagnostics, Loaded, RouteConfig, SourceMap};
+use crate::config::{
+    AccessLogConfig, AccessLogFormat, Diagnostic, Diagnostics, Loaded, RouteConfig, SourceMap,
+};
 use crate::policy::{self, AnyPolicy, PolicyConfig};
 use crate::router::{Predicates, RouteSpec, Router, ValueMatch};
 use crate::upstream::{self, Pools, Upstream};
@@ -67,6 +69,8 @@ pub struct Settings {
     /// `Via` values for HTTP/1.1 and HTTP/2 requests; `None` = off.
     pub via: Option<(HeaderValue, HeaderValue)>,
     pub access_log: AccessLogConfig,
+    /// `tracing.otlp`, compiled; `None` = no spans.
+    pub tracing: Option<crate::observe::trace::TraceSettings>,
 }
 
 /// The immutable runtime built from one config file.
@@ -316,7 +320,14 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
             .unwrap_or(DEFAULT_GRACE),
         via,
         access_log: cfg.access_log.clone(),
+        tracing: crate::observe::trace::compile(&cfg.tracing, &mut |p, m| d.at(p, m)),
     };
+    if cfg.access_log.fields.is_some() && cfg.access_log.format != AccessLogFormat::Json {
+        d.at(
+            "access_log.fields",
+            "`fields` chooses the keys of `format: json`; the text format has a fixed layout",
+        );
+    }
     if let Some(w) = cfg.workers {
         if w == 0 || w > 1024 {
             d.at("workers", "expected a number of threads from 1 to 1024");

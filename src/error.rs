@@ -217,13 +217,29 @@ impl GatewayError {
 /// Builds an RFC 9457 response. Used by [`GatewayError`] and by anything else that must speak
 /// in the gateway's own voice (the admin listener).
 pub fn problem(status: StatusCode, slug: &str, detail: &str, request_id: &str) -> Response<Body> {
-    let json = serde_json::json!({
+    problem_ext(status, slug, detail, request_id, serde_json::Map::new())
+}
+
+/// [`problem`] with RFC 9457 extension members (e.g. the admin API's `diagnostics`).
+pub fn problem_ext(
+    status: StatusCode,
+    slug: &str,
+    detail: &str,
+    request_id: &str,
+    extensions: serde_json::Map<String, serde_json::Value>,
+) -> Response<Body> {
+    let mut json = serde_json::json!({
         "type": format!("urn:portcullis:problem:{slug}"),
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
         "detail": detail,
         "request_id": request_id,
     });
+    if let Some(obj) = json.as_object_mut() {
+        for (k, v) in extensions {
+            obj.entry(k).or_insert(v);
+        }
+    }
     let bytes = serde_json::to_vec(&json).unwrap_or_default();
     let mut res = Response::new(body::full(bytes));
     *res.status_mut() = status;

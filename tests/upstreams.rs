@@ -785,7 +785,13 @@ async fn admin_upstreams_endpoint_shows_target_state() {
         .json()
         .await
         .unwrap();
-    let u = &v["upstreams"][0];
+    // The admin API's summary per target, and the upstream code's full account in `detail`.
+    let view = &v[0];
+    assert_eq!(view["name"], "u");
+    assert_eq!(view["targets"][0]["state"]["healthy"], true);
+    assert_eq!(view["targets"][0]["state"]["circuit"], "closed");
+    assert!(view["targets"][1]["state"]["last_error"].is_string(), "{v}");
+    let u = &view["detail"];
     assert_eq!(u["name"], "u");
     assert_eq!(u["balance"], "round_robin");
     assert_eq!(u["in_flight"], 0);

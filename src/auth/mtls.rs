@@ -175,6 +175,7 @@ mod tests {
             consumer: None,
             api_key: None,
             traffic: Default::default(),
+            trace: None,
         };
         match m.check(&cx) {
             Outcome::Valid(id) => Some(id.consumer.unwrap().name.to_string()),

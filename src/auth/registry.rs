@@ -40,6 +40,7 @@ impl Registry {
         let source = SourceMap {
             file: String::new(),
             root: None,
+            effective: None,
         };
         compile(&Config::default(), &source, Path::new(".")).0
     }

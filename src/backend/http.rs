@@ -19,12 +19,15 @@
 //! saw), rewritten as the route says, with hop-by-hop headers removed and the gateway's own
 //! headers (`X-Forwarded-*`, `Via`, request id) set last so nothing the client sent can undo
 //! them. The bulkhead permit and the target's in-flight count are held by the response body
-//! until it is done or dropped.
+//! until it is done or dropped. Each try carries a
+//! `traceparent` naming its own span when tracing is on.
 
 use crate::body::{self, Body};
 use crate::compile::{Route, Settings};
 use crate::error::GatewayError;
 use crate::forwarded;
+
+use crate::observe::trace::TryOutcome;
 use crate::policy::Ctx;
 use crate::upstream::breaker::{Admit, Breaker};
 use crate::upstream::retry::Failure;
@@ -250,7 +253,7 @@ pub async fn forward(
         };
         let t = &set.targets[idx];
         cx.target = Some(t.target.label.clone());
-        let request = build_request(
+        let mut request = build_request(
             &parts,
             &path_and_query,
             t,
@@ -258,6 +261,11 @@ pub async fn forward(
             keep_host,
             req_body.take(),
         )?;
+        // Each try is its own span; the upstream sees it as its parent.
+        let span = cx.trace.as_mut().map(|tr| tr.start_try());
+        if let (Some(tr), Some(sp)) = (&cx.trace, &span) {
+            tr.inject(sp, request.headers_mut());
+        }
 
         let remaining = deadline.saturating_duration_since(Instant::now());
         let limit = try_limit(per_try, remaining);
@@ -278,6 +286,14 @@ pub async fn forward(
                 },
             ),
         };
+
+        if let (Some(tr), Some(sp)) = (&cx.trace, span) {
+            let o = match &outcome {
+                Outcome::Response(r) => TryOutcome::Status(r.status().as_u16()),
+                Outcome::Failed(_, e) => TryOutcome::Error(e.slug()),
+            };
+            tr.end_try(sp, &parts.method, &up.name, &t.target.label, o);
+        }
 
         // Record what the try said about the target and the upstream.
         let now = now_ms();

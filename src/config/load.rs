@@ -9,7 +9,7 @@
 
 use super::{
     AccessLogConfig, AdminConfig, AuthConfig, Config, ConsumerConfig, Defaults, ListenerConfig,
-    RouteConfig, ServerConfig, UpstreamConfig, Workers,
+    RouteConfig, ServerConfig, TracingConfig, UpstreamConfig, Workers,
 };
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
@@ -153,6 +153,9 @@ impl fmt::Display for FieldPath {
 pub struct SourceMap {
     pub file: String,
     pub root: Option<Node>,
+    /// The whole document as JSON after `${VAR}` interpolation: what actually runs. The admin
+    /// API shows it with secrets redacted (`admin::redact`); nothing else reads it.
+    pub effective: Option<Value>,
 }
 
 impl SourceMap {
@@ -267,6 +270,7 @@ pub fn load_str_partial(
     let mut source = SourceMap {
         file: file.to_owned(),
         root: None,
+        effective: None,
     };
     // YAML 1.2 booleans only: with YAML 1.1's, the key `on:` (retries) and values such as
     // `format: off` or a country code `NO` would silently become booleans.
@@ -290,6 +294,16 @@ pub fn load_str_partial(
             );
         }
     };
+    // Interpolation errors are reported by the section decoders below; here they only leave
+    // a null in the copy.
+    source.effective = Some(
+        Decoder {
+            source: &source,
+            diags: &mut Vec::new(),
+            env,
+        }
+        .json_of(&root, &FieldPath::default()),
+    );
     source.root = Some(root);
     let source = Arc::new(source);
     let mut diags = Vec::new();
@@ -334,6 +348,7 @@ pub fn load_str_partial(
             "access_log" => {
                 cfg.access_log = dec.one::<AccessLogConfig>(node, &path).unwrap_or_default()
             }
+            "tracing" => cfg.tracing = dec.one::<TracingConfig>(node, &path).unwrap_or_default(),
             "upstreams" => cfg.upstreams = dec.map::<UpstreamConfig>(node, &path),
             "routes" => {
                 saw_routes = true;
@@ -376,7 +391,7 @@ pub fn load_str_partial(
                     column: loc.column,
                     path: other.to_owned(),
                     message: format!(
-                        "unknown section `{other}`; expected one of: listeners, admin, defaults, server, access_log, upstreams, consumers, auth, state, routes, workers"
+                        "unknown section `{other}`; expected one of: listeners, admin, defaults, server, access_log, tracing, upstreams, consumers, auth, state, routes, workers"
                     ),
                 });
             }

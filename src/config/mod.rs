@@ -32,6 +32,7 @@ pub struct Config {
     pub defaults: Defaults,
     pub server: ServerConfig,
     pub access_log: AccessLogConfig,
+    pub tracing: TracingConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     /// Known callers and their credentials (issue 4).
@@ -95,7 +96,7 @@ pub struct CertPair {
     pub key: String,
 }
 
-/// `admin`: the operator's listener (status now; metrics and the admin API later).
+/// `admin`: the operator's listener: the admin API, `/metrics` and `/openapi.json`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
@@ -168,9 +169,67 @@ pub struct RequestIdConfig {
 pub struct AccessLogConfig {
     #[serde(default)]
     pub format: AccessLogFormat,
-    /// Append to this file instead of stdout.
+    /// Append to this file instead of stdout. Reopened on SIGUSR1 (log rotation).
     #[serde(default)]
     pub path: Option<String>,
+    /// The keys of a JSON line, in this order. Default: all of them.
+    #[serde(default)]
+    pub fields: Option<Vec<AccessLogField>>,
+}
+
+/// One key of a JSON access-log line. There is deliberately no field for headers, query
+/// strings or bodies: what is not logged cannot leak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogField {
+    Time,
+    RequestId,
+    TraceId,
+    Client,
+    Method,
+    Host,
+    Path,
+    Protocol,
+    Route,
+    Upstream,
+    Status,
+    BytesIn,
+    BytesOut,
+    DurationMs,
+    UpstreamMs,
+}
+
+/// `tracing`: OpenTelemetry traces of requests and upstream tries.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Where spans are exported; without it no spans are recorded (W3C trace headers from
+    /// clients still pass through to upstreams unchanged).
+    #[serde(default)]
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// `tracing.otlp`: an OTLP collector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector, `http://host:4318`; spans are POSTed to `{endpoint}/v1/traces` (an
+    /// endpoint that already ends in `/v1/traces` is used as written).
+    pub endpoint: String,
+    /// `http/json` (default; `http` is the same). `http/protobuf` and `grpc` are recognised
+    /// but not built in.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0 (default 1.0). A request that arrives with a
+    /// `traceparent` follows its parent's sampled flag instead.
+    #[serde(default, deserialize_with = "opt_float_or_string")]
+    pub sample_ratio: Option<f64>,
+    /// `service.name` of the spans. Default `portcullis`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Extra headers on every export request (a collector's API key, for example).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -441,6 +500,36 @@ where
         }
     }
     d.deserialize_any(V(std::marker::PhantomData))
+}
+
+/// Accepts `0.25` or `"0.25"` (interpolated values are strings).
+fn opt_float_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Option<f64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number")
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v as f64))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v as f64))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// `workers` accepts a number or an interpolated numeric string.

@@ -148,6 +148,11 @@ impl Policy for Authenticate {
             credential_refused = invalid,
             "authentication failed"
         );
+        crate::observe::metrics::auth_failure(if invalid {
+            crate::observe::metrics::AuthFailure::Invalid
+        } else {
+            crate::observe::metrics::AuthFailure::Missing
+        });
         Err(self.challenges.unauthorized(bearer_invalid))
     }
 }

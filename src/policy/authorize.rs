@@ -125,6 +125,7 @@ impl Policy for Authorize {
             method = &*id.method,
             "authorization refused"
         );
+        crate::observe::metrics::auth_failure(crate::observe::metrics::AuthFailure::Forbidden);
         let only_scopes = roles_ok && claims_ok && id.token.is_some();
         Err(GatewayError::Forbidden {
             challenge: if only_scopes {

@@ -171,6 +171,7 @@ mod tests {
             consumer: None,
             api_key: None,
             traffic: Default::default(),
+            trace: None,
         }
     }
 

@@ -57,6 +57,8 @@ pub struct Ctx {
     /// Traffic control's per-request state: rate-limit results for the response headers and
     /// in-flight permits held until the response body ends.
     pub traffic: rate_limit::Traffic,
+    /// The request's trace context when tracing is on; upstream tries are its child spans.
+    pub trace: Option<crate::observe::trace::RequestTrace>,
 }
 
 impl Ctx {

@@ -637,6 +637,7 @@ impl Policy for RateLimit {
             .filter(|(_, d)| !d.allowed && !d.retry_after.is_zero())
             .max_by_key(|(_, d)| d.retry_after)
         {
+            crate::observe::metrics::rate_limited(&cx.route_name);
             return Err(GatewayError::RateLimited {
                 policy: l.name.to_string(),
                 retry_after: ceil_secs(d.retry_after).max(1),
@@ -769,6 +770,7 @@ mod tests {
             consumer: None,
             api_key: None,
             traffic: Default::default(),
+            trace: None,
         }
     }
 
