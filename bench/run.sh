@@ -12,6 +12,7 @@
 #   PROXY_CPU=0 LOAD_CPU=1 CPU pinning (proxy under test vs wrk + upstream)
 #   SKIP_PORTCULLIS=1      only benchmark upstream + nginx (no cargo build)
 #   SKIP_BUILD=1           use the existing binary, don't run cargo
+#   BENCH_WAIT_QUIET=0     wait up to N seconds for other CPU load to drop below 10% before measuring
 #   BENCH_KEEP=1           keep the temp dir (configs, logs, raw wrk output)
 #   CARGO_TARGET_DIR       default /work/target; binary is $CARGO_TARGET_DIR/release/portcullis
 set -euo pipefail
@@ -67,15 +68,18 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A port nothing listens on. Random start so parallel runs rarely collide;
-# the bind itself is the final check (startup fails loudly if we lost a race).
+# A port no socket uses. Picked below the kernel's ephemeral range so outgoing
+# connections (ours or the lead's test suite) can't grab it between check and bind.
+# Random start so parallel runs rarely collide; startup fails loudly if we lose a race.
 # Sets the variable named $1 (not echo: a $(...) subshell would lose USED_PORTS).
 USED_PORTS=" "
 free_port() {
-    local p
+    local p lo
+    lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
+    [ "$lo" -gt 11000 ] || lo=32768
     for _ in $(seq 200); do
-        p=$(( 20000 + RANDOM % 30000 ))
-        if ! ss -Htln "sport = :$p" | grep -q . && [[ "$USED_PORTS" != *" $p "* ]]; then
+        p=$(( 10000 + RANDOM % (lo - 10000) ))
+        if ! ss -Htan "sport = :$p" | grep -q . && [[ "$USED_PORTS" != *" $p "* ]]; then
             USED_PORTS+="$p "
             printf -v "$1" '%s' "$p"; return 0
         fi
@@ -159,6 +163,31 @@ run_wrk() { # run_wrk URL DURATION OUTFILE
     WRK_PID=
 }
 
+# The box is shared (e.g. a cargo build next door), which skews numbers badly on
+# 2 cores. To make that visible, each round reports "other CPU": busy CPU time
+# (from /proc/stat) not spent by our servers, wrk or this script, as % of all cores.
+cpu_snapshot() { # prints "busy_jiffies total_jiffies our_jiffies"
+    local pids=("${PIDS[@]}") p
+    for p in "${PIDS[@]}"; do pids+=($(pgrep -P "$p" || true)); done  # nginx workers
+    {
+        head -1 /proc/stat
+        # Servers: own utime+stime (all threads). This shell: own + reaped children (wrk, curl).
+        for p in "${pids[@]}"; do [ -r "/proc/$p/stat" ] && echo "srv $(sed 's/^.*) //' "/proc/$p/stat")"; done
+        echo "self $(sed 's/^.*) //' "/proc/$$/stat")"
+    } 2>/dev/null | awk '
+        $1 == "cpu"  { busy = $2 + $3 + $4 + $7 + $8; total = busy + $5 + $6 + $9 }
+        # after stripping "pid (comm) ", utime/stime/cutime/cstime are fields 13-16 (+1 for our tag)
+        $1 == "srv"  { ours += $13 + $14 }
+        $1 == "self" { ours += $13 + $14 + $15 + $16 }
+        END { print busy, total, ours }'
+}
+other_cpu_pct() { # other_cpu_pct "SNAPSHOT_BEFORE" "SNAPSHOT_AFTER"
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ")
+        t = y[2] - x[2]; o = (y[1] - x[1]) - (y[3] - x[3])
+        if (o < 0) o = 0
+        printf "%.0f%%", (t > 0 ? 100 * o / t : 0) }'
+}
+
 # wrk prints latency as e.g. 812.00us / 1.23ms / 1.02s / 1.50m; normalise to ms.
 to_ms() {
     awk -v v="$1" 'BEGIN {
@@ -194,25 +223,40 @@ echo "  (so the 'upstream' row shares one core between wrk and the upstream: it'
 echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //'), 1 worker, access_log off, upstream keepalive 64"
 [ "$SKIP_PORTCULLIS" != 1 ] && echo "- portcullis: $PORTCULLIS_BIN, workers: 1, access_log off"
 # Other CPU load (e.g. a cargo build) skews results; record it so a noisy run is recognisable.
-echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg); 'other CPU' = busy CPU not used by the benchmark's own processes, % of all cores"
 echo
+
+# Optionally hold off while something else (a build, tests) is eating the CPUs.
+if [ "${BENCH_WAIT_QUIET:-0}" -gt 0 ]; then
+    deadline=$(( SECONDS + BENCH_WAIT_QUIET ))
+    while :; do
+        s1=$(cpu_snapshot); sleep 2; busy=$(other_cpu_pct "$s1" "$(cpu_snapshot)")
+        [ "${busy%\%}" -lt 10 ] && break
+        [ "$SECONDS" -ge "$deadline" ] && { echo "- still busy (other CPU $busy) after ${BENCH_WAIT_QUIET}s; measuring anyway"; echo; break; }
+        echo "waiting for a quiet machine (other CPU $busy)..." >&2
+    done
+fi
 
 if [ "$WARMUP" != 0 ]; then
     for t in "${TARGETS[@]}"; do run_wrk "${URL[$t]}" "$WARMUP" "$WORK/warmup-$t.txt"; done
 fi
 
 declare -A RPS P50 P99
+NOISY=0
 echo "### Raw rounds"
 echo
-echo "| round | target | req/s | p50 ms | p99 ms | non-2xx/3xx | socket errors |"
-echo "|---|---|---:|---:|---:|---:|---|"
+echo "| round | target | req/s | p50 ms | p99 ms | non-2xx/3xx | socket errors | other CPU |"
+echo "|---|---|---:|---:|---:|---:|---|---:|"
 for r in $(seq "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
         out="$WORK/wrk-$r-$t.txt"
+        before=$(cpu_snapshot)
         run_wrk "${URL[$t]}" "$DURATION" "$out"
+        other=$(other_cpu_pct "$before" "$(cpu_snapshot)")
         read -r rps p50 p99 non2xx errs < <(parse_wrk "$out")
         RPS[$t]+="$rps "; P50[$t]+="$p50 "; P99[$t]+="$p99 "
-        echo "| $r | $t | $rps | $p50 | $p99 | $non2xx | $errs |"
+        echo "| $r | $t | $rps | $p50 | $p99 | $non2xx | $errs | $other |"
+        [ "${other%\%}" -ge 10 ] && NOISY=1
         if [ "$non2xx" != 0 ] || [ "$errs" != none ]; then
             echo "WARNING: $t round $r had non-2xx responses or socket errors; wrk output:" >&2
             cat "$out" >&2
@@ -220,6 +264,11 @@ for r in $(seq "$ROUNDS"); do
     done
 done
 echo
+
+if [ "$NOISY" = 1 ]; then
+    echo "**Warning:** some rounds ran with >=10% of the CPUs busy with other processes; treat the numbers with care."
+    echo
+fi
 
 echo "### Median of $ROUNDS rounds"
 echo

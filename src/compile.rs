@@ -174,9 +174,29 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
                 }
             },
         };
+        // A listener is known across reloads by its address text (same text → same socket);
+        // listeners that share an address text (several port-0 test listeners) also by name.
+        let name = match &l.name {
+            Some(n) => {
+                if listeners.iter().any(|x: &ListenerRt| &x.name == n) {
+                    d.at(
+                        &format!("listeners[{i}].name"),
+                        format!("listener name {n:?} is used twice"),
+                    );
+                }
+                n.clone()
+            }
+            None if listeners.iter().any(|x| x.name == l.bind) => format!("{}#{i}", l.bind),
+            None => l.bind.clone(),
+        };
+        let shared = cfg.listeners.iter().filter(|x| x.bind == l.bind).count() > 1;
         listeners.push(ListenerRt {
-            name: l.name.clone().unwrap_or_else(|| l.bind.clone()),
-            bind_key: l.bind.clone(),
+            bind_key: if shared {
+                format!("{name}|{}", l.bind)
+            } else {
+                l.bind.clone()
+            },
+            name,
             addr,
             tls,
         });

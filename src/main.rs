@@ -41,6 +41,9 @@ enum Cmd {
         /// Where the demo gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         bind: String,
+        /// Where the demo's admin listener listens.
+        #[arg(long, default_value = "127.0.0.1:9900")]
+        admin_bind: String,
     },
 }
 
@@ -96,8 +99,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Run { config } => {
-            let workers = match portcullis::config::load_file(&config) {
-                Ok(l) => l.config.workers,
+            // Compile once up front: the runtime's size comes from the file, and a bad file
+            // gets every error (decode and compile alike), as `validate` prints them.
+            let pools = portcullis::upstream::Pools::default();
+            let workers = match portcullis::compile::load_and_compile(&config, &pools) {
+                Ok(gw) => gw.workers,
                 Err(d) => {
                     eprint!("{d}");
                     return Ok(ExitCode::FAILURE);
@@ -105,7 +111,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             serve(Options::file(config), workers)
         }
-        Cmd::Demo { bind } => {
+        Cmd::Demo { bind, admin_bind } => {
             let rt = runtime(None)?;
             rt.block_on(async {
                 let echo = portcullis::demo::start_echo()
@@ -114,6 +120,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let mut vars = HashMap::new();
                 vars.insert("PORTCULLIS_DEMO_UPSTREAM".to_owned(), echo.to_string());
                 vars.insert("PORTCULLIS_BIND".to_owned(), bind);
+                vars.insert("PORTCULLIS_ADMIN_BIND".to_owned(), admin_bind);
                 let opts = Options {
                     source: ConfigSource::Inline {
                         name: "examples/quickstart.yaml (bundled)".into(),

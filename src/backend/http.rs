@@ -32,7 +32,7 @@ use crate::upstream::state::{TargetState, UpstreamState};
 use crate::upstream::window::now_ms;
 use crate::upstream::{health, TargetRt, Upstream};
 use bytes::Bytes;
-use http::{header, uri, HeaderMap, Request, Response, Uri, Version};
+use http::{header, uri, HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::net::IpAddr;
@@ -136,8 +136,14 @@ pub async fn forward(
         path_and_query.push_str(q);
     }
 
-    // Headers: everything but `Host`, which depends on the target.
-    let original_host = parts.headers.get(header::HOST).cloned();
+    // Headers: everything but `Host`, which depends on the target. The host the client asked
+    // for, as routing saw it: the request target's authority (HTTP/2 `:authority`, HTTP/1.1
+    // absolute-form), else the Host header. An HTTP/2 client sends no Host header at all.
+    let original_host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned());
     let client_version = parts.version;
     forwarded::strip_hop_by_hop(
         &mut parts.headers,
@@ -151,6 +157,11 @@ pub async fn forward(
         peer.tls,
         original_host.as_ref(),
     );
+    if route.preserve_host {
+        if let Some(h) = &original_host {
+            parts.headers.insert(header::HOST, h.clone());
+        }
+    }
     if let Some((v11, v2)) = &settings.via {
         forwarded::append_via(
             &mut parts.headers,

@@ -150,13 +150,43 @@ pub struct AccessLogConfig {
     pub path: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AccessLogFormat {
     #[default]
     Json,
     Text,
     Off,
+}
+
+/// `json`, `text` or `off`. YAML reads an unquoted `off` as the boolean `false`, so that is
+/// accepted as `off` too.
+impl<'de> Deserialize<'de> for AccessLogFormat {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["json", "text", "off"];
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = AccessLogFormat;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("one of `json`, `text`, `off`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<AccessLogFormat, E> {
+                match v {
+                    "json" => Ok(AccessLogFormat::Json),
+                    "text" => Ok(AccessLogFormat::Text),
+                    "off" => Ok(AccessLogFormat::Off),
+                    _ => Err(E::unknown_variant(v, NAMES)),
+                }
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<AccessLogFormat, E> {
+                if v {
+                    Err(E::invalid_value(de::Unexpected::Bool(v), &self))
+                } else {
+                    Ok(AccessLogFormat::Off)
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `upstreams.NAME`: a pool of HTTP targets.

@@ -579,9 +579,10 @@ fn spawn_watcher(handle: ServerHandle, path: PathBuf) {
         tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP");
         return;
     }
+    // What was just compiled, read before any event can arrive.
+    let mut last = std::fs::read(&path).ok();
     tokio::spawn(async move {
         let _keep = watcher;
-        let mut last = std::fs::read(&path).ok();
         while rx.recv().await.is_some() {
             // Let a burst of events (truncate, write, rename) settle into one reload.
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -598,16 +599,21 @@ fn spawn_watcher(handle: ServerHandle, path: PathBuf) {
 
 fn spawn_sighup(handle: ServerHandle) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
+        // Registered before returning, so that a SIGHUP right after start reloads instead
+        // of killing the process.
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload by saving the file");
             return;
         };
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the config");
-            let _ = handle.reload().await;
-        }
-    });
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = handle.reload().await;
+            }
+        });
+    }
 }
 
 impl ServerHandle {

@@ -224,7 +224,10 @@ impl Seen {
 pub async fn seen(res: reqwest::Response) -> Seen {
     let status = res.status();
     let text = res.text().await.unwrap();
-    assert_eq!(status, 200, "expected the echo upstream's answer, got {status}: {text}");
+    assert_eq!(
+        status, 200,
+        "expected the echo upstream's answer, got {status}: {text}"
+    );
     Seen(serde_json::from_str(&text).unwrap_or_else(|e| panic!("not echo JSON ({e}): {text}")))
 }
 
@@ -500,8 +503,7 @@ fn parse_response(buf: &[u8]) -> Option<Raw> {
         body: Vec::new(),
     };
     let rest = &buf[end..];
-    if r
-        .header("transfer-encoding")
+    if r.header("transfer-encoding")
         .is_some_and(|te| te.contains("chunked"))
     {
         r.body = dechunk(rest)?;
@@ -559,7 +561,11 @@ pub fn check_problem(
     assert!(!v["detail"].as_str().unwrap().is_empty(), "{v}");
     let id = v["request_id"].as_str().unwrap();
     assert!(!id.is_empty(), "{v}");
-    assert_eq!(Some(id), request_id_header, "request_id differs from the header");
+    assert_eq!(
+        Some(id),
+        request_id_header,
+        "request_id differs from the header"
+    );
     v
 }
 

@@ -88,6 +88,8 @@ pub async fn upstream(tag: &'static str) -> Upstream {
 
 /// A client that never uses a proxy from the environment.
 pub fn client() -> reqwest::Client {
+    // reqwest's rustls backend wants a process-wide crypto provider even for plain http.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
