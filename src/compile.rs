@@ -79,6 +79,8 @@ pub struct Gateway {
     pub settings: Settings,
     pub workers: Option<usize>,
     pub source: Arc<SourceMap>,
+    /// Consumers and identity providers (`consumers:`, `auth:`).
+    pub auth: Arc<crate::auth::Registry>,
 }
 
 /// What compilation needs besides the config.
@@ -333,6 +335,13 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
         }
     }
 
+    // --- consumers and identity providers
+    let (auth, auth_errors) = crate::auth::compile(cfg, &loaded.source, &env.base_dir);
+    for (path, msg) in auth_errors {
+        d.at(&path, msg);
+    }
+    let auth = Arc::new(auth);
+
     // --- routes
     let mut routes = Vec::new();
     let mut specs = Vec::new();
@@ -351,7 +360,7 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
             );
         }
         let Some((route, spec)) =
-            compile_route(i, name, r, cfg, &upstreams, default_max_body, &mut d)
+            compile_route(i, name, r, cfg, &upstreams, &auth, default_max_body, &mut d)
         else {
             continue;
         };
@@ -385,15 +394,18 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
         settings,
         workers: cfg.workers,
         source: loaded.source.clone(),
+        auth,
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn compile_route(
     i: usize,
     name: Arc<str>,
     r: &RouteConfig,
     cfg: &crate::config::Config,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
+    auth: &crate::auth::Registry,
     default_max_body: u64,
     d: &mut Diags<'_>,
 ) -> Option<(Route, RouteSpec)> {
@@ -555,16 +567,23 @@ fn compile_route(
         configs.push((usize::MAX, PolicyConfig::Deprecation(dep.clone())));
     }
     let mut chain: Vec<AnyPolicy> = Vec::new();
+    let route_policies: Vec<PolicyConfig> = configs.iter().map(|(_, c)| c.clone()).collect();
+    let bcx = policy::BuildCx {
+        auth,
+        route: &route_policies,
+    };
     for (j, pc) in policy::in_phase_order(configs) {
-        match pc.build() {
+        match pc.build(&bcx) {
             Ok(p) => chain.push(p),
-            Err(e) => {
+            Err(policy::BuildError(errors)) => {
                 let at = if j == usize::MAX {
                     format!("{p}.deprecation")
                 } else {
                     format!("{p}.policies[{j}].{}", pc.key())
                 };
-                d.at(&at, e);
+                for (field, msg) in errors {
+                    d.at(&format!("{at}{field}"), msg);
+                }
             }
         }
     }
@@ -592,6 +611,8 @@ fn compile_route(
         http::header::CONTENT_LENGTH,
         http::header::AUTHORIZATION,
     ]);
+    // Credentials the gateway checks and identity headers it sets.
+    protected.extend(auth.protected.iter().cloned());
     let summary = format!(
         "{name:<24} {hosts:<28} {methods:<14} {path:<32} -> {backend}{rewrite}",
         hosts = if m.hosts.is_empty() {

@@ -48,6 +48,19 @@ pub enum GatewayError {
     UpstreamProtocol { upstream: String },
     #[error("the request body could not be read")]
     ClientBody,
+    /// No valid credentials. The challenges become `WWW-Authenticate` headers; the detail never
+    /// says which check failed.
+    #[error("valid credentials are required for this resource")]
+    Unauthorized {
+        challenges: std::sync::Arc<[HeaderValue]>,
+    },
+    /// Authenticated (or refused by address) but not allowed. `challenge` is the RFC 6750
+    /// `insufficient_scope` answer for bearer tokens.
+    #[error("access to this resource is not allowed")]
+    Forbidden { challenge: Option<HeaderValue> },
+    /// An identity provider (JWKS, introspection) could not be asked.
+    #[error("the identity provider could not be reached; try again later")]
+    AuthUnavailable,
     #[error("internal error")]
     Internal,
 }
@@ -59,6 +72,9 @@ impl GatewayError {
             RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             BadRequest(_) | ClientBody => StatusCode::BAD_REQUEST,
+            Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Forbidden { .. } => StatusCode::FORBIDDEN,
+            AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Gone(_) => StatusCode::GONE,
@@ -79,6 +95,9 @@ impl GatewayError {
             MethodNotAllowed { .. } => "method-not-allowed",
             BadRequest(_) => "bad-request",
             ClientBody => "bad-request-body",
+            Unauthorized { .. } => "unauthorized",
+            Forbidden { .. } => "forbidden",
+            AuthUnavailable => "identity-provider-unavailable",
             BodyTooLarge { .. } => "body-too-large",
             HeadersTooLarge { .. } => "headers-too-large",
             Gone(_) => "gone",
@@ -103,7 +122,10 @@ impl GatewayError {
             | ClientBody
             | BodyTooLarge { .. }
             | HeadersTooLarge { .. }
-            | Gone(_) => Fault::Client,
+            | Gone(_)
+            | Unauthorized { .. }
+            | Forbidden { .. } => Fault::Client,
+            AuthUnavailable => Fault::Upstream,
             NoTarget { .. }
             | NoHealthyTarget { .. }
             | CircuitOpen { .. }
@@ -128,8 +150,21 @@ impl GatewayError {
     /// The problem+json response for this error.
     pub fn to_response(&self, request_id: &str) -> Response<Body> {
         let mut res = problem(self.status(), self.slug(), &self.to_string(), request_id);
-        if let GatewayError::MethodNotAllowed { allow } = self {
-            res.headers_mut().insert(header::ALLOW, allow.clone());
+        match self {
+            GatewayError::MethodNotAllowed { allow } => {
+                res.headers_mut().insert(header::ALLOW, allow.clone());
+            }
+            GatewayError::Unauthorized { challenges } => {
+                for c in challenges.iter() {
+                    res.headers_mut()
+                        .append(header::WWW_AUTHENTICATE, c.clone());
+                }
+            }
+            GatewayError::Forbidden { challenge: Some(c) } => {
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, c.clone());
+            }
+            _ => {}
         }
         if let Some(secs) = self.retry_after() {
             res.headers_mut()
@@ -219,6 +254,28 @@ mod tests {
             .headers()
             .get(header::RETRY_AFTER)
             .is_none());
+    }
+
+    #[test]
+    fn unauthorized_has_every_challenge() {
+        let res = GatewayError::Unauthorized {
+            challenges: vec![
+                HeaderValue::from_static("Bearer realm=\"x\""),
+                HeaderValue::from_static("Basic realm=\"x\""),
+            ]
+            .into(),
+        }
+        .to_response("x");
+        assert_eq!(res.status(), 401);
+        let all: Vec<_> = res
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .collect();
+        assert_eq!(all, ["Bearer realm=\"x\"", "Basic realm=\"x\""]);
+        let res = GatewayError::Forbidden { challenge: None }.to_response("x");
+        assert_eq!(res.status(), 403);
+        assert!(!res.headers().contains_key(header::WWW_AUTHENTICATE));
     }
 
     #[test]

@@ -39,10 +39,12 @@ pub struct Snapshot {
 }
 
 /// Facts about the client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The client certificate verified in the TLS handshake, parsed once per connection.
+    pub client_cert: Option<Arc<crate::auth::mtls::ClientCert>>,
 }
 
 /// Credentials that must appear at most once: with two, the gateway might check one and the
@@ -86,6 +88,8 @@ where
         path: String::new(),
         target: None,
         upstream_latency: None,
+        identity: None,
+        client_cert: conn.client_cert,
     };
     let peer = Peer {
         ip: conn.peer.ip(),
@@ -248,6 +252,7 @@ where
     B::Error: Into<body::BoxError>,
 {
     check_head(&req, gw.settings.max_header_size)?;
+    gw.auth.check_single(req.headers())?;
     let path = normalize_path(req.uri().path()).map_err(|e| {
         GatewayError::BadRequest(match e {
             PathError::NotAbsolute => "the request target must be an absolute path",
@@ -299,6 +304,9 @@ where
         body::boxed(Limited::new(incoming, route.max_body, st))
     };
     let mut req = Request::from_parts(parts, body);
+    // Identity headers are the gateway's to set: a client's copies never reach a policy or
+    // an upstream, whatever the route.
+    gw.auth.strip_identity_headers(req.headers_mut());
 
     let (ran, early) = policy::run_request(&route.chain, cx, &mut req).await;
     let mut res = match early {

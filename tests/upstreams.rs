@@ -528,6 +528,62 @@ async fn canary_split_by_weight_override_and_sticky() {
     );
 }
 
+/// `sticky: consumer` follows the authenticated consumer, not the address: every request
+/// here comes from 127.0.0.1, yet sixteen consumers spread over both upstreams, each staying
+/// on its own.
+#[tokio::test]
+async fn canary_split_sticky_by_consumer() {
+    let (c, s) = (
+        Backend::start("canary").await,
+        Backend::start("stable").await,
+    );
+    let consumers: String = (0..16)
+        .map(|i| format!("          - {{ name: c{i}, api_keys: [\"key-{i}\"] }}\n"))
+        .collect();
+    let gw = Gateway::start(&fill(
+        &format!(
+            r#"
+        consumers:
+{consumers}
+        routes:
+          - match: {{ path: "/sticky/{{*rest}}" }}
+            policies: [ {{ authenticate: [api_key] }} ]
+            split:
+              upstreams: [ {{ upstream: canary, weight: 50 }}, {{ upstream: stable, weight: 50 }} ]
+              sticky: consumer
+        upstreams:
+          canary: {{ targets: [ {{ url: "$C" }} ] }}
+          stable: {{ targets: [ {{ url: "$S" }} ] }}
+        "#
+        ),
+        &[("C", c.url()), ("S", s.url())],
+    ))
+    .await;
+    let mut homes = std::collections::BTreeSet::new();
+    for i in 0..16 {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..5 {
+            let r = gw
+                .client
+                .get(gw.url("/sticky/x"))
+                .header("X-API-Key", format!("key-{i}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.unwrap();
+            seen.insert(v["upstream"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(seen.len(), 1, "consumer c{i} moved: {seen:?}");
+        homes.extend(seen);
+    }
+    assert_eq!(
+        homes.len(),
+        2,
+        "sixteen consumers all on one upstream: {homes:?}"
+    );
+}
+
 // ---------------------------------------------------------------- discovery
 
 #[tokio::test]

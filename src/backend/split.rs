@@ -244,11 +244,10 @@ fn parse_sticky(s: &str) -> Result<Sticky, String> {
     }
 }
 
-/// The caller's consumer name, for `sticky: consumer`. Authentication (issue 4) records the
-/// caller in the request context; until it is merged there is none, and sticky-by-consumer
-/// falls back to the client address.
-pub fn consumer_of(_cx: &Ctx) -> Option<&str> {
-    None
+/// The caller's consumer name, for `sticky: consumer`, as the `authenticate` policy recorded
+/// it; anonymous callers fall back to the client address.
+pub fn consumer_of(cx: &Ctx) -> Option<&str> {
+    cx.identity.as_ref()?.consumer.as_deref().map(|c| &*c.name)
 }
 
 /// Chooses the upstream of a split route for this request.

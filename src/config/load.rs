@@ -8,8 +8,8 @@
 //! field path (`routes[2].upstream`) and what was expected.
 
 use super::{
-    AccessLogConfig, AdminConfig, Config, Defaults, ListenerConfig, RouteConfig, ServerConfig,
-    UpstreamConfig, Workers,
+    AccessLogConfig, AdminConfig, AuthConfig, Config, ConsumerConfig, Defaults, ListenerConfig,
+    RouteConfig, ServerConfig, UpstreamConfig, Workers,
 };
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
@@ -346,6 +346,17 @@ pub fn load_str_partial(
                     })
                     .collect();
             }
+            "consumers" => {
+                cfg.consumers = dec
+                    .list_indexed::<ConsumerConfig>(node, &path)
+                    .into_iter()
+                    .map(|(i, mut c)| {
+                        c.index = i;
+                        c
+                    })
+                    .collect()
+            }
+            "auth" => cfg.auth = dec.auth(node, &path),
             "workers" => {
                 cfg.workers = dec
                     .one::<Option<Workers>>(node, &path)
@@ -360,7 +371,7 @@ pub fn load_str_partial(
                     column: loc.column,
                     path: other.to_owned(),
                     message: format!(
-                        "unknown section `{other}`; expected one of: listeners, admin, defaults, server, access_log, upstreams, routes, workers"
+                        "unknown section `{other}`; expected one of: listeners, admin, defaults, server, access_log, upstreams, consumers, auth, routes, workers"
                     ),
                 });
             }
@@ -433,6 +444,31 @@ impl Decoder<'_> {
                 Default::default()
             }
         }
+    }
+
+    /// `auth`: the provider maps entry by entry (every bad provider is reported), the rest
+    /// as one value.
+    fn auth(&mut self, node: &Node, path: &FieldPath) -> AuthConfig {
+        let Kind::Map(entries) = &node.kind else {
+            return self.one(node, path).unwrap_or_default();
+        };
+        let (maps, rest): (Vec<_>, Vec<_>) = entries
+            .iter()
+            .cloned()
+            .partition(|(k, _, _)| k == "jwt" || k == "introspection");
+        let rest = Node {
+            loc: node.loc,
+            kind: Kind::Map(rest),
+        };
+        let mut out: AuthConfig = self.one(&rest, path).unwrap_or_default();
+        for (k, _, n) in &maps {
+            let p = path.key(k.as_str());
+            match k.as_str() {
+                "jwt" => out.jwt = self.map(n, &p),
+                _ => out.introspection = self.map(n, &p),
+            }
+        }
+        out
     }
 
     fn one<T: DeserializeOwned>(&mut self, node: &Node, path: &FieldPath) -> Option<T> {

@@ -5,6 +5,7 @@
 //! [`crate::compile::Gateway`]. Loading (YAML parsing, `${VAR}` interpolation, error locations)
 //! lives in [`load`]; units (durations, sizes) in [`units`].
 
+pub mod auth;
 pub mod load;
 pub mod units;
 pub mod upstream;
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use auth::{AuthConfig, ConsumerConfig};
 pub use load::{load_file, load_str, load_str_partial, Diagnostic, Diagnostics, Loaded, SourceMap};
 pub use units::{Dur, Size};
 pub use upstream::{
@@ -31,6 +33,10 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// Known callers and their credentials (issue 4).
+    pub consumers: Vec<ConsumerConfig>,
+    /// Identity providers that routes refer to by name (issue 4).
+    pub auth: AuthConfig,
     /// Worker threads of the async runtime; defaults to the number of CPUs.
     pub workers: Option<usize>,
 }
@@ -63,6 +69,20 @@ pub struct TlsConfig {
     pub key: Option<String>,
     #[serde(default)]
     pub certificates: Vec<CertPair>,
+    /// mTLS: PEM file of the CAs that client certificates must chain to.
+    #[serde(default)]
+    pub client_ca: Option<String>,
+    /// With `client_ca`: `required` (default; no certificate, no handshake) or `optional`.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `listeners[].tls.client_auth`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone, Deserialize)]

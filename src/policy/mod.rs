@@ -9,7 +9,10 @@
 //!
 //! Adding a policy = its own file + one line in the registry.
 
+pub mod authenticate;
+pub mod authorize;
 pub mod deprecation;
+pub mod ip_filter;
 
 use crate::body::Body;
 use crate::error::GatewayError;
@@ -39,6 +42,10 @@ pub struct Ctx {
     pub target: Option<Arc<str>>,
     /// Time from sending upstream until the response headers came back.
     pub upstream_latency: Option<std::time::Duration>,
+    /// Who the caller is, once `authenticate` accepted them.
+    pub identity: Option<crate::auth::Identity>,
+    /// The client certificate the TLS handshake verified (mTLS listeners).
+    pub client_cert: Option<Arc<crate::auth::mtls::ClientCert>>,
 }
 
 impl Ctx {
@@ -74,11 +81,51 @@ pub trait Policy: Send + Sync + 'static {
     }
 }
 
-/// Building a policy from its config at compile time. Errors are messages for the
-/// diagnostic at the policy's config path.
+/// What a policy may look at while it is built, besides its own config.
+pub struct BuildCx<'a> {
+    /// Consumers and identity providers (`consumers:`, `auth:`).
+    pub auth: &'a crate::auth::Registry,
+    /// Every policy of the route (e.g. `authorize` needs an `authenticate`).
+    pub route: &'a [PolicyConfig],
+}
+
+/// Why a policy could not be built: messages, each at a field below the policy's config path
+/// (`""` for the policy itself, `"[2]"`, `".allow[0]"`).
+#[derive(Debug, Default)]
+pub struct BuildError(pub Vec<(String, String)>);
+
+impl BuildError {
+    pub fn at(field: impl Into<String>, msg: impl Into<String>) -> BuildError {
+        BuildError(vec![(field.into(), msg.into())])
+    }
+}
+
+impl From<String> for BuildError {
+    fn from(msg: String) -> Self {
+        BuildError::at("", msg)
+    }
+}
+
+impl From<&str> for BuildError {
+    fn from(msg: &str) -> Self {
+        BuildError::at("", msg)
+    }
+}
+
+/// A `BuildCx` with nothing configured, for unit tests of policies.
+#[cfg(test)]
+pub fn test_cx<R>(f: impl FnOnce(&BuildCx<'_>) -> R) -> R {
+    let auth = crate::auth::Registry::empty();
+    f(&BuildCx {
+        auth: &auth,
+        route: &[],
+    })
+}
+
+/// Building a policy from its config at compile time.
 pub trait Build: Sized {
     type Config;
-    fn build(cfg: &Self::Config) -> Result<Self, String>;
+    fn build(cfg: &Self::Config, cx: &BuildCx<'_>) -> Result<Self, BuildError>;
 }
 
 /// The registry: `Variant = "yaml_key" => module::Type`. Order = phase order.
@@ -106,8 +153,8 @@ macro_rules! policies {
             fn phase(&self) -> usize {
                 ORDER.iter().position(|k| *k == self.key()).unwrap_or(usize::MAX)
             }
-            pub fn build(&self) -> Result<AnyPolicy, String> {
-                match self { $( PolicyConfig::$variant(c) => Ok(AnyPolicy::$variant(<$ty as Build>::build(c)?)), )* }
+            pub fn build(&self, cx: &BuildCx<'_>) -> Result<AnyPolicy, BuildError> {
+                match self { $( PolicyConfig::$variant(c) => Ok(AnyPolicy::$variant(<$ty as Build>::build(c, cx)?)), )* }
             }
         }
 
@@ -123,8 +170,16 @@ macro_rules! policies {
 }
 
 policies! {
-    // Lifecycle first: a retired API answers 410 before anything else spends work on it.
+    // Address filtering first: a refused network gets a 403 and nothing else, not even the
+    // lifecycle headers, and it costs the least.
+    IpFilter = "ip_filter" => ip_filter::IpFilter,
+    // Lifecycle next: a retired API answers 410 to everyone before any credential check
+    // spends work (argon2, JWKS fetches, introspection calls) on it; 401s of a deprecated
+    // route still carry its Deprecation/Sunset headers.
     Deprecation = "deprecation" => deprecation::Deprecation,
+    // Who is calling, then what they may do.
+    Authenticate = "authenticate" => authenticate::Authenticate,
+    Authorize = "authorize" => authorize::Authorize,
 }
 
 /// Sorts a route's policy configs into phase order (stable: same-kind entries keep file order).

@@ -188,6 +188,7 @@ fn empty_gateway(gw: &Gateway) -> Gateway {
         },
         workers: None,
         source: gw.source.clone(),
+        auth: gw.auth.clone(),
     }
 }
 
@@ -469,7 +470,11 @@ async fn serve_connection(
                 handle,
                 kind,
                 TokioIo::new(stream),
-                ConnInfo { peer, tls: false },
+                ConnInfo {
+                    peer,
+                    tls: false,
+                    client_cert: None,
+                },
                 max_header,
             )
             .await
@@ -478,11 +483,23 @@ async fn serve_connection(
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => {
+                    // mTLS: rustls verified the chain; read the leaf once per connection.
+                    let client_cert = s
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| crate::auth::mtls::ClientCert::parse(c.as_ref()))
+                        .map(Arc::new);
                     serve_io(
                         handle,
                         kind,
                         TokioIo::new(s),
-                        ConnInfo { peer, tls: true },
+                        ConnInfo {
+                            peer,
+                            tls: true,
+                            client_cert,
+                        },
                         max_header,
                     )
                     .await
@@ -499,9 +516,11 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let h = handle.clone();
+    let peer = conn.peer;
     let svc = service_fn(move |req| {
         let snap = h.snapshot();
         let h = h.clone();
+        let conn = conn.clone();
         async move {
             Ok::<_, Infallible>(match kind {
                 Kind::Proxy => proxy::handle(snap, conn, req).await,
@@ -537,7 +556,7 @@ where
         }
     };
     if let Err(e) = watched.await {
-        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
