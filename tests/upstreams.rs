@@ -584,6 +584,85 @@ async fn canary_split_sticky_by_consumer() {
     );
 }
 
+#[tokio::test]
+/// Beyond `canary_split_sticky_by_consumer`: the consumer, not the address, is the key, and
+/// anonymous callers fall back to their address.
+async fn sticky_consumer_ignores_the_address_and_anonymous_callers_use_it() {
+    let (c, s) = (
+        Backend::start("canary").await,
+        Backend::start("stable").await,
+    );
+    let consumers: Vec<String> = (0..16)
+        .map(|i| {
+            format!(
+                "{{ name: c{i}, api_keys: [\"{}\"] }}",
+                portcullis::auth::api_key::stored_form(&format!("key-{i}"))
+            )
+        })
+        .collect();
+    let gw = Gateway::start(&fill(
+        r#"
+        server: { trusted_proxies: ["127.0.0.1/32"] }
+        upstreams:
+          canary: { targets: [ { url: "$C" } ] }
+          stable: { targets: [ { url: "$S" } ] }
+        consumers: [ $LIST ]
+        routes:
+          - match: { path: "/api/{*rest}" }
+            policies: [ { authenticate: [api_key, anonymous] } ]
+            split:
+              upstreams: [ { upstream: canary, weight: 50 }, { upstream: stable, weight: 50 } ]
+              sticky: consumer
+        "#,
+        &[
+            ("C", c.url()),
+            ("S", s.url()),
+            ("LIST", consumers.join(", ")),
+        ],
+    ))
+    .await;
+    let call = |key: Option<String>, client: String| {
+        let mut r = gw
+            .client
+            .get(gw.url("/api/x"))
+            .header("X-Forwarded-For", client);
+        if let Some(k) = key {
+            r = r.header("X-API-Key", k);
+        }
+        async move {
+            let res = r.send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            res.json::<serde_json::Value>().await.unwrap()["upstream"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    // A consumer keeps its upstream whatever address it calls from.
+    let mut homes = std::collections::HashSet::new();
+    for i in 0..16 {
+        let mut seen = std::collections::HashSet::new();
+        for ip in 1..5 {
+            seen.insert(call(Some(format!("key-{i}")), format!("10.9.{i}.{ip}")).await);
+        }
+        assert_eq!(seen.len(), 1, "consumer c{i} moved: {seen:?}");
+        homes.extend(seen);
+    }
+    assert_eq!(homes.len(), 2, "sixteen consumers all on one side");
+    // Anonymous callers stick by address instead: one address, one upstream; many, both.
+    let one: std::collections::HashSet<_> =
+        futures_util::future::join_all((0..4).map(|_| call(None, "10.8.0.1".into())))
+            .await
+            .into_iter()
+            .collect();
+    assert_eq!(one.len(), 1);
+    let mut many = std::collections::HashSet::new();
+    for i in 0..16 {
+        many.insert(call(None, format!("10.7.0.{i}")).await);
+    }
+    assert_eq!(many.len(), 2);
+}
+
 // ---------------------------------------------------------------- discovery
 
 #[tokio::test]

@@ -200,19 +200,21 @@ impl Balancer {
                     .find(|&i| usable(i))
             }
             Strategy::LeastConnections => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                let mut best: Option<usize> = None;
-                for k in 0..n {
-                    let i = (start + k) % n;
+                // One pass from a rotating start (ties spread), keeping the best's load so
+                // each target's counter is read once.
+                let mut best: Option<(usize, u64, u64)> = None;
+                for i in ring_from(self.next.fetch_add(1, Ordering::Relaxed) % n, n) {
                     if !usable(i) {
                         continue;
                     }
-                    best = match best {
-                        Some(b) if !less_loaded(&targets[i], &targets[b]) => Some(b),
-                        _ => Some(i),
-                    };
+                    let t = &targets[i];
+                    let (load, w) = (t.in_flight() as u64 + 1, u64::from(t.weight().max(1)));
+                    match best {
+                        Some((_, bl, bw)) if load.saturating_mul(bw) >= bl.saturating_mul(w) => {}
+                        _ => best = Some((i, load, w)),
+                    }
                 }
-                best
+                best.map(|(i, _, _)| i)
             }
             Strategy::P2c => {
                 let a = probe(fastrand::usize(0..n), n, &usable)?;
@@ -260,22 +262,26 @@ impl Balancer {
     }
 
     fn round_robin(&self, n: usize, usable: impl Fn(usize) -> bool) -> Option<usize> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+        probe(self.next.fetch_add(1, Ordering::Relaxed) % n, n, &usable)
     }
 }
 
 /// `a` carries less load than `b`: fewer requests in flight per unit of weight (counting
 /// the one about to be sent, so weights matter even when both are idle).
 fn less_loaded<C: Candidate>(a: &C, b: &C) -> bool {
-    let la = (a.in_flight() as u128 + 1) * u128::from(b.weight().max(1));
-    let lb = (b.in_flight() as u128 + 1) * u128::from(a.weight().max(1));
+    let la = (a.in_flight() as u64 + 1).saturating_mul(u64::from(b.weight().max(1)));
+    let lb = (b.in_flight() as u64 + 1).saturating_mul(u64::from(a.weight().max(1)));
     la < lb
 }
 
-/// The first usable index at or after `start`, wrapping.
+/// Indexes `start, start+1, …, n-1, 0, …, start-1` without a division per step.
+fn ring_from(start: usize, n: usize) -> impl Iterator<Item = usize> {
+    (start..n).chain(0..start)
+}
+
+/// The first usable index at or after `start` (< n), wrapping.
 fn probe(start: usize, n: usize, usable: &impl Fn(usize) -> bool) -> Option<usize> {
-    (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+    ring_from(start, n).find(|&i| usable(i))
 }
 
 /// Longest smooth-WRR cycle built; discovered weights (SRV allows 65535 each) are scaled

@@ -65,13 +65,15 @@ pub struct PassiveSettings {
     pub eject_for: Duration,
 }
 
-/// The health part of a target's long-lived state.
+/// The health part of a target's long-lived state. The two fields every pick reads come
+/// first (see [`TargetState`]'s layout).
+#[repr(C)]
 pub struct Health {
+    /// ms on [`super::window::now_ms`]'s clock; 0 = not ejected.
+    ejected_until: AtomicU64,
     active_ok: AtomicBool,
     active_passes: AtomicU32,
     active_fails: AtomicU32,
-    /// ms on [`super::window::now_ms`]'s clock; 0 = not ejected.
-    ejected_until: AtomicU64,
     ejections: AtomicU64,
     consecutive_failures: AtomicU32,
     window: Window,

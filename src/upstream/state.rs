@@ -27,13 +27,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// One target's state, shared by every snapshot and target set that contains the target.
+///
+/// `repr(C)` with what every pick reads first (in-flight count, then the health verdicts at
+/// the start of [`Health`]): a balancer scanning many targets touches one cache line each.
+#[repr(C)]
 pub struct TargetState {
+    pub in_flight: AtomicUsize,
+    pub health: Health,
     /// The target's identity: `scheme://authority` (plus base path).
     pub key: Arc<str>,
-    pub in_flight: AtomicUsize,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
-    pub health: Health,
     last_error: ArcSwapOption<LastError>,
 }
 
