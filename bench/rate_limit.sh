@@ -119,6 +119,26 @@ done
 curl -fsS -D - -o /dev/null "${URL[local]}" | grep -qi '^ratelimit-policy:' || { echo "local: no RateLimit-Policy" >&2; exit 1; }
 curl -fsS -D - -o /dev/null "${URL[redis]}" | grep -qi '^ratelimit-policy:' || { echo "redis: no RateLimit-Policy" >&2; exit 1; }
 
+# Busy CPU not spent by the benchmark's own processes (as in bench/run.sh), % of all cores:
+# a noisy round is recognisable.
+cpu_snapshot() {
+    local pids=("${PIDS[@]}") p
+    for p in "${PIDS[@]}"; do pids+=($(pgrep -P "$p" || true)); done
+    {
+        head -1 /proc/stat
+        for p in "${pids[@]}"; do [ -r "/proc/$p/stat" ] && echo "srv $(sed 's/^.*) //' "/proc/$p/stat")"; done
+        echo "self $(sed 's/^.*) //' "/proc/$$/stat")"
+    } 2>/dev/null | awk '
+        $1 == "cpu"  { busy = $2 + $3 + $4 + $7 + $8; total = busy + $5 + $6 + $9 }
+        $1 == "srv"  { ours += $13 + $14 }
+        $1 == "self" { ours += $13 + $14 + $15 + $16 }
+        END { print busy, total, ours }'
+}
+other_cpu_pct() {
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ")
+        t = y[2] - x[2]; o = (y[1] - x[1]) - (y[3] - x[3]); if (o < 0) o = 0
+        printf "%.0f%%", (t > 0 ? 100 * o / t : 0) }'
+}
 run_wrk() { taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency "$1" >"$3" 2>&1; }
 rps() { awk '/^Requests\/sec:/ {print $2}' "$1"; }
 non2xx() { awk '/Non-2xx or 3xx responses:/ {print $NF}' "$1"; }
@@ -132,14 +152,16 @@ echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 if [ "$WARMUP" != 0 ]; then for t in "${TARGETS[@]}"; do run_wrk "${URL[$t]}" "$WARMUP" "$WORK/warm-$t.txt"; done; fi
 declare -A ALL
-echo "| round | variant | req/s | p99 | non-2xx |"
-echo "|---|---|---:|---:|---:|"
+echo "| round | variant | req/s | p99 | non-2xx | other CPU |"
+echo "|---|---|---:|---:|---:|---:|"
 for r in $(seq "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
         out="$WORK/wrk-$r-$t.txt"
+        before=$(cpu_snapshot)
         run_wrk "${URL[$t]}" "$DURATION" "$out"
+        other=$(other_cpu_pct "$before" "$(cpu_snapshot)")
         ALL[$t]+="$(rps "$out") "
-        echo "| $r | $t | $(rps "$out") | $(p99 "$out") | $(non2xx "$out" || true) |"
+        echo "| $r | $t | $(rps "$out") | $(p99 "$out") | $(non2xx "$out" || true) | $other |"
     done
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2; printf "%.0f", m}'; }
