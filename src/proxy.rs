@@ -159,7 +159,8 @@ where
             version,
         })
     });
-    let pending = Box::new(Pending {
+    // Inline in the (already boxed) body: one allocation per request for all of it.
+    let pending = Pending {
         snap,
         route: cx.route,
         method,
@@ -169,7 +170,7 @@ where
         span,
         started,
         stats,
-    });
+    };
     res.map(|b| {
         body::boxed(Observed {
             inner: b,
@@ -432,7 +433,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Body,
         bytes: u64,
-        pending: Option<Box<Pending>>,
+        pending: Option<Pending>,
     }
 
     impl PinnedDrop for Observed {
