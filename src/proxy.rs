@@ -168,7 +168,8 @@ where
             version,
         })
     });
-    let pending = Box::new(Pending {
+    // Inline in the (already boxed) body: one allocation per request for all of it.
+    let pending = Pending {
         snap,
         route: cx.route,
         method,
@@ -178,7 +179,7 @@ where
         span,
         started,
         stats,
-    });
+    };
     res.map(|b| {
         body::boxed(Observed {
             inner: b,
@@ -450,7 +451,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Body,
         bytes: u64,
-        pending: Option<Box<Pending>>,
+        pending: Option<Pending>,
     }
 
     impl PinnedDrop for Observed {
