@@ -195,9 +195,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime does the same work without the cross-thread wake-ups
+    // and work-stealing bookkeeping of a one-thread pool (the shape of one nginx worker).
+    let mut b = if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     b.enable_all();
-    if let Some(w) = workers {
+    if let Some(w) = workers.filter(|&w| w > 1) {
         b.worker_threads(w);
     }
     b.build().context("starting the async runtime")
