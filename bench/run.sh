@@ -174,9 +174,9 @@ if [ "$SKIP_PORTCULLIS" != 1 ]; then
     if [ -n "${BASELINE_BIN:-}" ]; then
         free_port BASE_PORT
         render "$HERE/portcullis.yaml.tmpl" "$WORK/portcullis-base.yaml" "$BASE_PORT" "$UPSTREAM_PORT"
-        taskset -c "$PROXY_CPU" "$BASELINE_BIN" run -c "$WORK/portcullis-base.yaml" \
+        "${PRIO[@]}" taskset -c "$PROXY_CPU" "$BASELINE_BIN" run -c "$WORK/portcullis-base.yaml" \
             >"$WORK/portcullis-base.log" 2>&1 &
-        PIDS+=($!)
+        PIDS+=($!); SERVER_NAMES+=(portcullis-base); SERVER_LOGS+=(portcullis-base.log)
         wait_ready portcullis-base "${PIDS[-1]}" "http://127.0.0.1:$BASE_PORT$REQ_PATH" "$WORK/portcullis-base.log"
         TARGETS+=(portcullis-base)
         URL[portcullis-base]="http://127.0.0.1:$BASE_PORT$REQ_PATH"
