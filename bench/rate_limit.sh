@@ -101,17 +101,19 @@ $3
 EOF
 }
 LIMIT='    policies: [ { rate_limit: { key: ip, requests: 1000000000, per: 1s } } ]'
-declare -A URL
-TARGETS=(none local redis)
+declare -A URL PID
+TARGETS=(none local local-noheaders redis)
 for t in "${TARGETS[@]}"; do
     free_port P
     case $t in
         none)  config "$P" "" "" ;;
         local) config "$P" "" "$LIMIT" ;;
+        local-noheaders) config "$P" "" "${LIMIT/per: 1s/per: 1s, headers: false}" ;;
         redis) config "$P" "state: { backend: redis, redis: { url: \"redis://127.0.0.1:$REDIS_PORT\", prefix: \"bench:\", on_error: deny } }" "$LIMIT" ;;
     esac >"$WORK/$t.yaml"
     taskset -c "$PROXY_CPU" "$BIN" run -c "$WORK/$t.yaml" >"$WORK/$t.log" 2>&1 &
     PIDS+=($!)
+    PID[$t]=$!
     URL[$t]="http://127.0.0.1:$P$REQ_PATH"
     wait_ready "$t" "${PIDS[-1]}" "${URL[$t]}" "$WORK/$t.log"
 done
@@ -140,6 +142,11 @@ other_cpu_pct() {
         printf "%.0f%%", (t > 0 ? 100 * o / t : 0) }'
 }
 run_wrk() { taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency "$1" >"$3" 2>&1; }
+# CPU time (user + system, all threads) the gateway process has used so far, in clock ticks.
+# Per request, it is the cost of the work itself, and much less disturbed by other load on
+# the machine than req/s.
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+reqs() { awk '/requests in/ {print $1}' "$1"; }
 rps() { awk '/^Requests\/sec:/ {print $2}' "$1"; }
 non2xx() { awk '/Non-2xx or 3xx responses:/ {print $NF}' "$1"; }
 p99() { awk '$1 == "99%" {print $2}' "$1"; }
@@ -152,28 +159,34 @@ echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 if [ "$WARMUP" != 0 ]; then for t in "${TARGETS[@]}"; do run_wrk "${URL[$t]}" "$WARMUP" "$WORK/warm-$t.txt"; done; fi
 declare -A ALL
-echo "| round | variant | req/s | p99 | non-2xx | other CPU |"
-echo "|---|---|---:|---:|---:|---:|"
+TICK_US=$(awk -v hz="$(getconf CLK_TCK)" 'BEGIN { print 1000000 / hz }')
+declare -A CPU
+echo "| round | variant | req/s | p99 | non-2xx | gateway CPU µs/request | other CPU |"
+echo "|---|---|---:|---:|---:|---:|---:|"
 for r in $(seq "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
         out="$WORK/wrk-$r-$t.txt"
         before=$(cpu_snapshot)
+        c0=$(cpu_ticks "${PID[$t]}")
         run_wrk "${URL[$t]}" "$DURATION" "$out"
+        c1=$(cpu_ticks "${PID[$t]}")
         other=$(other_cpu_pct "$before" "$(cpu_snapshot)")
+        us=$(awk -v c=$((c1 - c0)) -v n="$(reqs "$out")" -v t="$TICK_US" 'BEGIN { printf "%.2f", c * t / n }')
         ALL[$t]+="$(rps "$out") "
-        echo "| $r | $t | $(rps "$out") | $(p99 "$out") | $(non2xx "$out" || true) | $other |"
+        CPU[$t]+="$us "
+        echo "| $r | $t | $(rps "$out") | $(p99 "$out") | $(non2xx "$out" || true) | $us | $other |"
     done
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2; printf "%.0f", m}'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2; printf "%.2f", m}'; }
 echo
-echo "| variant | median req/s | ratio to no limit |"
-echo "|---|---:|---:|"
+echo "| variant | median req/s | req/s ratio to no limit | median gateway CPU µs/request | CPU-bound throughput ratio (none µs / variant µs) |"
+echo "|---|---:|---:|---:|---:|"
 # shellcheck disable=SC2086
-base=$(median ${ALL[none]})
+base=$(median ${ALL[none]}); base_cpu=$(median ${CPU[none]})
 for t in "${TARGETS[@]}"; do
     # shellcheck disable=SC2086
-    m=$(median ${ALL[$t]})
-    echo "| $t | $m | $(awk -v a="$m" -v b="$base" 'BEGIN { printf "%.3f", a / b }') |"
+    m=$(median ${ALL[$t]}); c=$(median ${CPU[$t]})
+    echo "| $t | ${m%.*} | $(awk -v a="$m" -v b="$base" 'BEGIN { printf "%.3f", a / b }') | $c | $(awk -v a="$base_cpu" -v b="$c" 'BEGIN { printf "%.3f", a / b }') |"
 done
 echo
 echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -171,12 +171,49 @@ impl KeySpec {
                     out.push_str(tag);
                     push_value(out, v);
                 }
-                None => {
-                    let _ = write!(out, "ip={}", cx.client.ip());
-                }
+                None => push_ip(out, cx.client.ip()),
             }
         }
     }
+}
+
+/// `ip=` and the address; IPv4 without `core::fmt`, which costs more than the rest of the key.
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    out.push_str("ip=");
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(out, u64::from(o));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Decimal digits of `n` (the hot path avoids `core::fmt`).
+fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// A header value for a number. Values below 4096 (most remaining counts and reset times)
+/// come from a table made once, so they cost no allocation per response.
+fn number_header(n: u64) -> HeaderValue {
+    static SMALL: std::sync::OnceLock<Box<[HeaderValue]>> = std::sync::OnceLock::new();
+    let table = SMALL.get_or_init(|| {
+        (0..4096u64)
+            .map(|i| HeaderValue::from_static(Box::leak(i.to_string().into_boxed_str())))
+            .collect()
+    });
+    usize::try_from(n)
+        .ok()
+        .and_then(|i| table.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
 }
 
 /// Short plain values go in as they are; anything long or with a separator (`|`), `%`, `#`
@@ -208,6 +245,8 @@ struct Limit {
     counter: String,
     spec: LimitSpec,
     key: KeySpec,
+    /// `X-RateLimit-Limit` when this limit is the tightest.
+    limit_header: HeaderValue,
 }
 
 /// The limits one request is checked against, with their `RateLimit-Policy` value.
@@ -354,6 +393,10 @@ fn check_name(name: &str, field: &str) -> Result<(), String> {
 
 fn default_name(spec: &LimitSpec) -> String {
     format!("{}-per-{}", spec.requests, fmt_period(spec.period))
+}
+
+fn limit_header(spec: &LimitSpec) -> HeaderValue {
+    number_header(quota_window(spec).0)
 }
 
 fn counter(route: &str, name: &str, marker: &str, spec: &LimitSpec) -> String {
@@ -531,6 +574,7 @@ impl RateLimit {
             limits.push(Limit {
                 counter: counter(env.route, &name, "", &spec),
                 name: name.into(),
+                limit_header: limit_header(&spec),
                 spec,
                 key,
             });
@@ -544,6 +588,7 @@ impl RateLimit {
                         name: name.clone(),
                         // Own counters, apart from the route's limits of the same name.
                         counter: counter(env.route, name, "@consumer", spec),
+                        limit_header: limit_header(spec),
                         spec: *spec,
                         key: policy_key.clone(),
                     })
@@ -595,30 +640,43 @@ impl Policy for RateLimit {
         req: &mut Request<Body>,
     ) -> Result<Flow, GatewayError> {
         let set = self.active(cx);
-        // All counter keys of this request in one buffer.
-        let mut buf = String::with_capacity(64 * set.limits.len());
-        let mut ends = Vec::with_capacity(set.limits.len());
-        for l in set.limits.iter() {
-            buf.push_str(&l.counter);
-            l.key.write(cx, req.headers(), &mut buf);
-            ends.push(buf.len());
-        }
-        let mut start = 0;
-        let checks: Vec<Check<'_>> = set
-            .limits
-            .iter()
-            .zip(&ends)
-            .map(|(l, &end)| {
-                let c = Check {
-                    key: &buf[start..end],
-                    spec: &l.spec,
-                };
-                start = end;
-                c
-            })
-            .collect();
-        let mut decisions = Vec::with_capacity(checks.len());
-        match self.state.store().check(&checks, &mut decisions).await {
+        let mut decisions = Vec::with_capacity(set.limits.len());
+        let checked = if let [l] = &*set.limits {
+            // The common case: one limit, one key.
+            let mut key = String::with_capacity(l.counter.len() + 40);
+            key.push_str(&l.counter);
+            l.key.write(cx, req.headers(), &mut key);
+            let checks = [Check {
+                key: &key,
+                spec: &l.spec,
+            }];
+            self.state.store().check(&checks, &mut decisions).await
+        } else {
+            // All counter keys of this request in one buffer.
+            let mut buf = String::with_capacity(64 * set.limits.len());
+            let mut ends = Vec::with_capacity(set.limits.len());
+            for l in set.limits.iter() {
+                buf.push_str(&l.counter);
+                l.key.write(cx, req.headers(), &mut buf);
+                ends.push(buf.len());
+            }
+            let mut start = 0;
+            let checks: Vec<Check<'_>> = set
+                .limits
+                .iter()
+                .zip(&ends)
+                .map(|(l, &end)| {
+                    let c = Check {
+                        key: &buf[start..end],
+                        spec: &l.spec,
+                    };
+                    start = end;
+                    c
+                })
+                .collect();
+            self.state.store().check(&checks, &mut decisions).await
+        };
+        match checked {
             Ok(()) => {}
             Err(Unavailable {
                 on_error: crate::state::OnError::Deny,
@@ -661,59 +719,81 @@ impl Policy for RateLimit {
 /// Traffic control's per-request state in [`Ctx`].
 #[derive(Debug, Default)]
 pub struct Traffic {
-    headers: Option<Box<Pending>>,
+    headers: Option<Pending>,
     permits: Vec<Permit>,
 }
 
 /// Rate-limit header values waiting for the response.
 #[derive(Debug)]
 struct Pending {
-    policy: Vec<HeaderValue>,
+    policy: HeaderValue,
+    /// Of further `rate_limit` policies of the route (rare).
+    more_policies: Vec<HeaderValue>,
     ratelimit: String,
-    /// The limit closest to refusing: (refused, limit, remaining, reset).
-    tightest: (bool, u64, u64, Duration),
+    /// The limit closest to refusing.
+    tightest: Tightest,
+}
+
+#[derive(Debug)]
+struct Tightest {
+    refused: bool,
+    limit: HeaderValue,
+    remaining: u64,
+    reset: Duration,
 }
 
 impl Traffic {
     fn add(&mut self, set: &LimitSet, decisions: &[Decision]) {
-        let p = self.headers.get_or_insert_with(|| {
-            Box::new(Pending {
-                policy: Vec::new(),
-                ratelimit: String::new(),
-                tightest: (false, 0, u64::MAX, Duration::ZERO),
-            })
-        });
-        p.policy.push(set.policy_header.clone());
-        for (l, d) in set.limits.iter().zip(decisions) {
-            if !p.ratelimit.is_empty() {
-                p.ratelimit.push_str(", ");
+        let p = match &mut self.headers {
+            Some(p) => {
+                p.more_policies.push(set.policy_header.clone());
+                p
             }
-            let _ = write!(
-                p.ratelimit,
-                "\"{}\";r={};t={}",
-                l.name,
-                d.remaining,
-                ceil_secs(d.reset)
-            );
+            None => self.headers.insert(Pending {
+                policy: set.policy_header.clone(),
+                more_policies: Vec::new(),
+                ratelimit: String::with_capacity(48 * set.limits.len()),
+                tightest: Tightest {
+                    refused: false,
+                    limit: HeaderValue::from_static("0"),
+                    remaining: u64::MAX,
+                    reset: Duration::ZERO,
+                },
+            }),
+        };
+        for (l, d) in set.limits.iter().zip(decisions) {
+            // `"name";r=R;t=T`, without `core::fmt` (this runs on every request).
+            let out = &mut p.ratelimit;
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push('"');
+            out.push_str(&l.name);
+            out.push_str("\";r=");
+            push_u64(out, d.remaining);
+            out.push_str(";t=");
+            push_u64(out, ceil_secs(d.reset));
             let refused = !d.allowed && !d.retry_after.is_zero();
             let t = &mut p.tightest;
-            let tighter = match (refused, t.0) {
+            let tighter = match (refused, t.refused) {
                 (true, false) => true,
                 (false, true) => false,
-                (true, true) => d.retry_after > t.3,
-                (false, false) => d.remaining < t.2 || (d.remaining == t.2 && d.reset > t.3),
+                (true, true) => d.retry_after > t.reset,
+                (false, false) => {
+                    d.remaining < t.remaining || (d.remaining == t.remaining && d.reset > t.reset)
+                }
             };
             if tighter {
-                *t = (
+                *t = Tightest {
                     refused,
-                    d.limit,
-                    d.remaining,
-                    if refused {
+                    limit: l.limit_header.clone(),
+                    remaining: d.remaining,
+                    reset: if refused {
                         d.retry_after.max(d.reset)
                     } else {
                         d.reset
                     },
-                );
+                };
             }
         }
     }
@@ -728,17 +808,20 @@ impl Traffic {
     pub(crate) fn finish(&mut self, res: &mut Response<Body>) {
         if let Some(p) = self.headers.take() {
             let h = res.headers_mut();
-            for v in p.policy {
+            h.reserve(5);
+            h.append(&RATELIMIT_POLICY, p.policy);
+            for v in p.more_policies {
                 h.append(&RATELIMIT_POLICY, v);
             }
             // Appended, like the policies: an upstream's own limits stay listed beside ours.
-            if let Ok(v) = HeaderValue::from_str(&p.ratelimit) {
+            // The string's buffer becomes the header value without a copy.
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(p.ratelimit)) {
                 h.append(&RATELIMIT, v);
             }
-            let (_, limit, remaining, reset) = p.tightest;
-            h.insert(&X_LIMIT, HeaderValue::from(limit));
-            h.insert(&X_REMAINING, HeaderValue::from(remaining));
-            h.insert(&X_RESET, HeaderValue::from(ceil_secs(reset)));
+            let t = p.tightest;
+            h.insert(&X_LIMIT, t.limit);
+            h.insert(&X_REMAINING, number_header(t.remaining));
+            h.insert(&X_RESET, number_header(ceil_secs(t.reset)));
         }
         if !self.permits.is_empty() {
             let permits = std::mem::take(&mut self.permits);
@@ -798,6 +881,9 @@ mod tests {
         let mut c = cx();
         let mut h = HeaderMap::new();
         assert_eq!(key_of(&one("ip"), &c, &h), "ip=192.0.2.7");
+        let mut v6 = cx();
+        v6.client = "[2001:db8::7]:443".parse().unwrap();
+        assert_eq!(key_of(&one("ip"), &v6, &h), "ip=2001:db8::7");
         assert_eq!(key_of(&one("route"), &c, &h), "route");
         // Absent values fall back to the client address.
         for k in ["consumer", "api_key", "header:x-tenant", "param:tenant"] {
