@@ -12,9 +12,14 @@
 #   PROXY_CPU=0 LOAD_CPU=1 CPU pinning (proxy under test vs wrk + upstream)
 #   SKIP_PORTCULLIS=1      only benchmark upstream + nginx (no cargo build)
 #   SKIP_BUILD=1           use the existing binary, don't run cargo
-#   BENCH_WAIT_QUIET=0     wait up to N seconds for other CPU load to drop below 10% before measuring
+#   BENCH_WAIT_QUIET=0     before each measured run, wait up to N seconds for other CPU load
+#                          to stay below 10% for 6s (useful while builds run next door)
+#   BENCH_NICE=            e.g. -10 (root): run servers + wrk at that nice level so a concurrent
+#                          build disturbs less (it then gets less CPU while the benchmark runs)
 #   BENCH_KEEP=1           keep the temp dir (configs, logs, raw wrk output)
 #   CARGO_TARGET_DIR       default /work/target; binary is $CARGO_TARGET_DIR/release/portcullis
+#   BASELINE_BIN=PATH      also run this portcullis binary (row "portcullis-base") in the same
+#                          interleaved rounds: a before/after comparison under the same noise
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,7 +43,7 @@ for tool in wrk nginx curl taskset ss awk sed; do
 done
 
 WORK="$(mktemp -d /tmp/portcullis-bench.XXXXXX)"
-PIDS=()
+PIDS=() SERVER_NAMES=() SERVER_LOGS=() WORKER_PIDS=()
 WRK_PID=
 
 # Stop everything we started: TERM first, KILL whatever is left after ~5s,
@@ -48,6 +53,7 @@ cleanup() {
     trap - EXIT INT TERM
     local pid
     [ -n "$WRK_PID" ] && PIDS+=("$WRK_PID")
+    PIDS+=("${WORKER_PIDS[@]}")  # nginx workers, in case their master already died
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for _ in $(seq 50); do
         local alive=0
@@ -57,6 +63,7 @@ cleanup() {
     done
     for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    [ -n "${OLD_AUTOGROUP_NICE:-}" ] && echo "$OLD_AUTOGROUP_NICE" >/proc/self/autogroup
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
         echo "kept work dir: $WORK" >&2
     else
@@ -117,6 +124,19 @@ if [ "$SKIP_PORTCULLIS" != 1 ] && [ ! -x "$PORTCULLIS_BIN" ]; then
     echo "no binary at $PORTCULLIS_BIN" >&2; exit 1
 fi
 
+# Optional priority boost, same for every process under test. With autogroup
+# scheduling (kernel default on most distros) nice only counts within a session,
+# and a build started from another session would still get an equal share; so
+# also boost this session's autogroup, and restore it in cleanup.
+PRIO=()
+if [ -n "${BENCH_NICE:-}" ]; then
+    PRIO=(nice -n "$BENCH_NICE")
+    if [ "$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null)" = 1 ] && [ -w /proc/self/autogroup ]; then
+        OLD_AUTOGROUP_NICE=$(awk '{print $NF}' /proc/self/autogroup)
+        echo "$BENCH_NICE" >/proc/self/autogroup
+    fi
+fi
+
 # --- start servers ----------------------------------------------------------
 free_port UPSTREAM_PORT
 free_port NGINX_PORT
@@ -125,15 +145,15 @@ free_port PORTCULLIS_PORT
 # The upstream shares LOAD_CPU with wrk so the proxy under test gets PROXY_CPU
 # to itself; both proxies see the exact same upstream and load generator.
 render "$HERE/upstream.nginx.conf.tmpl" "$WORK/upstream.conf" "$UPSTREAM_PORT"
-taskset -c "$LOAD_CPU" nginx -p "$WORK" -c "$WORK/upstream.conf" -e "$WORK/upstream.error.log" \
+"${PRIO[@]}" taskset -c "$LOAD_CPU" nginx -p "$WORK" -c "$WORK/upstream.conf" -e "$WORK/upstream.error.log" \
     >"$WORK/upstream.out" 2>&1 &
-PIDS+=($!)
+PIDS+=($!); SERVER_NAMES+=(upstream); SERVER_LOGS+=(upstream.error.log)
 wait_ready upstream "${PIDS[-1]}" "http://127.0.0.1:$UPSTREAM_PORT$REQ_PATH" "$WORK/upstream.error.log"
 
 render "$HERE/proxy.nginx.conf.tmpl" "$WORK/proxy.conf" "$NGINX_PORT" "$UPSTREAM_PORT"
-taskset -c "$PROXY_CPU" nginx -p "$WORK" -c "$WORK/proxy.conf" -e "$WORK/proxy.error.log" \
+"${PRIO[@]}" taskset -c "$PROXY_CPU" nginx -p "$WORK" -c "$WORK/proxy.conf" -e "$WORK/proxy.error.log" \
     >"$WORK/proxy.out" 2>&1 &
-PIDS+=($!)
+PIDS+=($!); SERVER_NAMES+=(nginx); SERVER_LOGS+=(proxy.error.log)
 wait_ready nginx "${PIDS[-1]}" "http://127.0.0.1:$NGINX_PORT$REQ_PATH" "$WORK/proxy.error.log"
 
 TARGETS=(upstream nginx)
@@ -145,21 +165,34 @@ declare -A URL=(
 if [ "$SKIP_PORTCULLIS" != 1 ]; then
     render "$HERE/portcullis.yaml.tmpl" "$WORK/portcullis.yaml" "$PORTCULLIS_PORT" "$UPSTREAM_PORT"
     # Same core as nginx-proxy: equal hardware for the two proxies under test.
-    taskset -c "$PROXY_CPU" "$PORTCULLIS_BIN" run -c "$WORK/portcullis.yaml" \
+    "${PRIO[@]}" taskset -c "$PROXY_CPU" "$PORTCULLIS_BIN" run -c "$WORK/portcullis.yaml" \
         >"$WORK/portcullis.log" 2>&1 &
-    PIDS+=($!)
+    PIDS+=($!); SERVER_NAMES+=(portcullis); SERVER_LOGS+=(portcullis.log)
     wait_ready portcullis "${PIDS[-1]}" "http://127.0.0.1:$PORTCULLIS_PORT$REQ_PATH" "$WORK/portcullis.log"
     TARGETS+=(portcullis)
     URL[portcullis]="http://127.0.0.1:$PORTCULLIS_PORT$REQ_PATH"
+    if [ -n "${BASELINE_BIN:-}" ]; then
+        free_port BASE_PORT
+        render "$HERE/portcullis.yaml.tmpl" "$WORK/portcullis-base.yaml" "$BASE_PORT" "$UPSTREAM_PORT"
+        "${PRIO[@]}" taskset -c "$PROXY_CPU" "$BASELINE_BIN" run -c "$WORK/portcullis-base.yaml" \
+            >"$WORK/portcullis-base.log" 2>&1 &
+        PIDS+=($!); SERVER_NAMES+=(portcullis-base); SERVER_LOGS+=(portcullis-base.log)
+        wait_ready portcullis-base "${PIDS[-1]}" "http://127.0.0.1:$BASE_PORT$REQ_PATH" "$WORK/portcullis-base.log"
+        TARGETS+=(portcullis-base)
+        URL[portcullis-base]="http://127.0.0.1:$BASE_PORT$REQ_PATH"
+    fi
 fi
+
+# Remember nginx worker pids so cleanup can reach them even if a master dies.
+for p in "${PIDS[@]}"; do WORKER_PIDS+=($(pgrep -P "$p" || true)); done
 
 # --- measure --------------------------------------------------------------
 # wrk runs in the background + `wait` so a Ctrl-C/TERM interrupts the wait and
 # the trap fires immediately instead of after the current run ends.
 run_wrk() { # run_wrk URL DURATION OUTFILE
-    taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency "$1" >"$3" 2>&1 &
+    "${PRIO[@]}" taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$2" --latency "$1" >"$3" 2>&1 &
     WRK_PID=$!
-    wait "$WRK_PID"
+    wait "$WRK_PID" || echo "wrk exited with status $? (output: $3)" >&2
     WRK_PID=
 }
 
@@ -167,8 +200,7 @@ run_wrk() { # run_wrk URL DURATION OUTFILE
 # 2 cores. To make that visible, each round reports "other CPU": busy CPU time
 # (from /proc/stat) not spent by our servers, wrk or this script, as % of all cores.
 cpu_snapshot() { # prints "busy_jiffies total_jiffies our_jiffies"
-    local pids=("${PIDS[@]}") p
-    for p in "${PIDS[@]}"; do pids+=($(pgrep -P "$p" || true)); done  # nginx workers
+    local pids=("${PIDS[@]}" "${WORKER_PIDS[@]}") p
     {
         head -1 /proc/stat
         # Servers: own utime+stime (all threads). This shell: own + reaped children (wrk, curl).
@@ -220,22 +252,30 @@ echo "- commit: $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '
 echo "- wrk: -t$THREADS -c$CONNECTIONS -d$DURATION --latency, path $REQ_PATH, $ROUNDS interleaved rounds, warm-up ${WARMUP}"
 echo "- CPU pinning (taskset, $(nproc) cores): proxy under test (nginx-proxy / portcullis) on CPU $PROXY_CPU; wrk + upstream nginx on CPU $LOAD_CPU"
 echo "  (so the 'upstream' row shares one core between wrk and the upstream: it's a reference, not a ceiling)"
+[ -n "${BENCH_NICE:-}" ] && echo "- servers and wrk run at nice $BENCH_NICE${OLD_AUTOGROUP_NICE:+ (session autogroup too)}"
 echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //'), 1 worker, access_log off, upstream keepalive 64"
 [ "$SKIP_PORTCULLIS" != 1 ] && echo "- portcullis: $PORTCULLIS_BIN, workers: 1, access_log off"
+[ -n "${BASELINE_BIN:-}" ] && echo "- portcullis-base: $BASELINE_BIN, same config"
 # Other CPU load (e.g. a cargo build) skews results; record it so a noisy run is recognisable.
 echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg); 'other CPU' = busy CPU not used by the benchmark's own processes, % of all cores"
+echo "  (in upstream rounds CPU $PROXY_CPU is idle for us, so others using it there costs nothing)"
 echo
 
 # Optionally hold off while something else (a build, tests) is eating the CPUs.
-if [ "${BENCH_WAIT_QUIET:-0}" -gt 0 ]; then
-    deadline=$(( SECONDS + BENCH_WAIT_QUIET ))
-    while :; do
+# Called before every measured run: on a shared 2-core box, load comes and goes.
+wait_quiet() {
+    [ "${BENCH_WAIT_QUIET:-0}" -gt 0 ] || return 0
+    local deadline=$(( SECONDS + BENCH_WAIT_QUIET )) quiet=0 s1 busy
+    while [ "$quiet" -lt 3 ]; do  # 3 quiet 2s samples in a row: a lull between rustc jobs isn't enough
         s1=$(cpu_snapshot); sleep 2; busy=$(other_cpu_pct "$s1" "$(cpu_snapshot)")
-        [ "${busy%\%}" -lt 10 ] && break
-        [ "$SECONDS" -ge "$deadline" ] && { echo "- still busy (other CPU $busy) after ${BENCH_WAIT_QUIET}s; measuring anyway"; echo; break; }
-        echo "waiting for a quiet machine (other CPU $busy)..." >&2
+        if [ "${busy%\%}" -lt 10 ]; then quiet=$(( quiet + 1 )); else quiet=0; fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "still busy (other CPU $busy) after ${BENCH_WAIT_QUIET}s; measuring anyway" >&2; return 0
+        fi
+        [ "$quiet" = 0 ] && echo "waiting for a quiet machine (other CPU $busy)..." >&2
     done
-fi
+    return 0
+}
 
 if [ "$WARMUP" != 0 ]; then
     for t in "${TARGETS[@]}"; do run_wrk "${URL[$t]}" "$WARMUP" "$WORK/warmup-$t.txt"; done
@@ -250,6 +290,7 @@ echo "|---|---|---:|---:|---:|---:|---|---:|"
 for r in $(seq "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
         out="$WORK/wrk-$r-$t.txt"
+        wait_quiet
         before=$(cpu_snapshot)
         run_wrk "${URL[$t]}" "$DURATION" "$out"
         other=$(other_cpu_pct "$before" "$(cpu_snapshot)")
@@ -257,6 +298,14 @@ for r in $(seq "$ROUNDS"); do
         RPS[$t]+="$rps "; P50[$t]+="$p50 "; P99[$t]+="$p99 "
         echo "| $r | $t | $rps | $p50 | $p99 | $non2xx | $errs | $other |"
         [ "${other%\%}" -ge 10 ] && NOISY=1
+        # A server dying under load is a result in itself: say so and stop.
+        for i in "${!PIDS[@]}"; do
+            if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+                echo "ERROR: server #$i (${SERVER_NAMES[$i]}) died during '$t' round $r; its log:" >&2
+                cat "$WORK/${SERVER_LOGS[$i]}" >&2 || true
+                exit 1
+            fi
+        done
         if [ "$non2xx" != 0 ] || [ "$errs" != none ]; then
             echo "WARNING: $t round $r had non-2xx responses or socket errors; wrk output:" >&2
             cat "$out" >&2
@@ -292,4 +341,13 @@ if [ "$SKIP_PORTCULLIS" != 1 ]; then
     echo "| req/s (higher is better) | $(ratio "${MRPS[portcullis]}" "${MRPS[nginx]}") |"
     echo "| p99 latency (lower is better) | $(ratio "${MP99[portcullis]}" "${MP99[nginx]}") |"
     echo
+    if [ -n "${BASELINE_BIN:-}" ]; then
+        echo "### portcullis / portcullis-base"
+        echo
+        echo "| metric | ratio |"
+        echo "|---|---:|"
+        echo "| req/s (higher is better) | $(ratio "${MRPS[portcullis]}" "${MRPS[portcullis-base]}") |"
+        echo "| p99 latency (lower is better) | $(ratio "${MP99[portcullis]}" "${MP99[portcullis-base]}") |"
+        echo
+    fi
 fi

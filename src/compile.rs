@@ -7,7 +7,9 @@
 
 use crate::backend::{Backend, DirectResponse, Rewrite};
 use crate::config::load::FieldPath;
-use crate::config::{AccessLogConfig, Diagnostic, Diagnostics, Loaded, RouteConfig, SourceMap};
+use crate::config::{
+    AccessLogConfig, AccessLogFormat, Diagnostic, Diagnostics, Loaded, RouteConfig, SourceMap,
+};
 use crate::policy::{self, AnyPolicy, PolicyConfig};
 use crate::router::{Predicates, RouteSpec, Router, ValueMatch};
 use crate::upstream::{self, Pools, Upstream};
@@ -48,6 +50,8 @@ pub struct Route {
     pub chain: policy::Chain,
     pub max_body: u64,
     pub request_timeout: Option<Duration>,
+    /// Overrides the upstream's per-try timeout (retries).
+    pub per_try_timeout: Option<Duration>,
     pub preserve_host: bool,
     /// Headers the route looked at: a client's `Connection` list may not strip them.
     pub protected: Arc<[HeaderName]>,
@@ -65,6 +69,8 @@ pub struct Settings {
     /// `Via` values for HTTP/1.1 and HTTP/2 requests; `None` = off.
     pub via: Option<(HeaderValue, HeaderValue)>,
     pub access_log: AccessLogConfig,
+    /// `tracing.otlp`, compiled; `None` = no spans.
+    pub tracing: Option<crate::observe::trace::TraceSettings>,
 }
 
 /// The immutable runtime built from one config file.
@@ -77,6 +83,8 @@ pub struct Gateway {
     pub settings: Settings,
     pub workers: Option<usize>,
     pub source: Arc<SourceMap>,
+    /// Consumers and identity providers (`consumers:`, `auth:`).
+    pub auth: Arc<crate::auth::Registry>,
     /// The `state:` section and the slot through which policies reach the store; the server
     /// binds it to its long-lived stores when it installs the snapshot.
     pub state: crate::state::Binding,
@@ -234,6 +242,9 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
     if cfg.defaults.timeouts.request.is_some_and(|t| t.0.is_zero()) {
         d.at("defaults.timeouts.request", "must be more than 0");
     }
+    if cfg.defaults.timeouts.per_try.is_some_and(|t| t.0.is_zero()) {
+        d.at("defaults.timeouts.per_try", "must be more than 0");
+    }
     let up_defaults = upstream::Defaults {
         connect_timeout: cfg
             .defaults
@@ -247,6 +258,8 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
             .request
             .map(|d| d.0)
             .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+        per_try_timeout: cfg.defaults.timeouts.per_try.map(|d| d.0),
+        base_dir: env.base_dir.clone(),
     };
     let default_max_body = cfg
         .defaults
@@ -307,7 +320,14 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
             .unwrap_or(DEFAULT_GRACE),
         via,
         access_log: cfg.access_log.clone(),
+        tracing: crate::observe::trace::compile(&cfg.tracing, &mut |p, m| d.at(p, m)),
     };
+    if cfg.access_log.fields.is_some() && cfg.access_log.format != AccessLogFormat::Json {
+        d.at(
+            "access_log.fields",
+            "`fields` chooses the keys of `format: json`; the text format has a fixed layout",
+        );
+    }
     if let Some(w) = cfg.workers {
         if w == 0 || w > 1024 {
             d.at("workers", "expected a number of threads from 1 to 1024");
@@ -318,7 +338,24 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
     let state = crate::state::Binding::new(compile_state(&cfg.state, &mut d));
     // Consumers' own rate limits, by consumer name; filled from `consumers:` (identity) before
     // the routes are compiled, since each rate_limit policy takes what it needs from it.
-    let consumer_limits = Arc::new(policy::rate_limit::ConsumerLimits::new());
+    let mut consumer_limits = policy::rate_limit::ConsumerLimits::new();
+    for c in &cfg.consumers {
+        let limits: Vec<policy::rate_limit::ConsumerLimit> = c
+            .limits
+            .iter()
+            .map(|l| policy::rate_limit::ConsumerLimit {
+                requests: l.requests,
+                per: l.per.0,
+                algorithm: l.algorithm,
+                burst: l.burst,
+                name: l.name.clone(),
+            })
+            .collect();
+        if let Err((field, msg)) = consumer_limits.insert(&c.name, &limits) {
+            d.at(&format!("consumers[{}].limits{field}", c.index), msg);
+        }
+    }
+    let consumer_limits = Arc::new(consumer_limits);
 
     // --- upstreams
     let mut upstreams = BTreeMap::new();
@@ -334,6 +371,13 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
             }
         }
     }
+
+    // --- consumers and identity providers
+    let (auth, auth_errors) = crate::auth::compile(cfg, &loaded.source, &env.base_dir);
+    for (path, msg) in auth_errors {
+        d.at(&path, msg);
+    }
+    let auth = Arc::new(auth);
 
     // --- routes
     let mut routes = Vec::new();
@@ -359,6 +403,7 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
             r,
             cfg,
             &upstreams,
+            &auth,
             default_max_body,
             traffic,
             &mut d,
@@ -395,6 +440,7 @@ pub fn compile(loaded: &Loaded, env: &CompileEnv<'_>) -> Result<Gateway, Diagnos
         settings,
         workers: cfg.workers,
         source: loaded.source.clone(),
+        auth,
         state,
     })
 }
@@ -452,6 +498,7 @@ fn compile_route(
     r: &RouteConfig,
     cfg: &crate::config::Config,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
+    auth: &crate::auth::Registry,
     default_max_body: u64,
     traffic: (
         &crate::state::StateSlot,
@@ -518,6 +565,34 @@ fn compile_route(
 
     // Backend
     let backend = match (&r.upstream, &r.respond) {
+        _ if r.split.is_some() => {
+            let split = r.split.as_ref().expect("checked");
+            if r.upstream.is_some() || r.respond.is_some() {
+                d.at(
+                    &format!("{p}.split"),
+                    "a route has one of `upstream`, `split` or `respond`",
+                );
+                None
+            } else {
+                // Every name written, also those that failed to decode (reported there).
+                let written = d.source.keys_of(&FieldPath::parse("upstreams"));
+                let defined: Vec<&str> = written.iter().map(String::as_str).collect();
+                match crate::backend::split::Split::build(
+                    split,
+                    upstreams,
+                    &defined,
+                    &format!("{p}.split"),
+                ) {
+                    Ok(s) => Some(Backend::Split(Arc::new(s))),
+                    Err(errs) => {
+                        for (at, msg) in errs {
+                            d.at(&at, msg);
+                        }
+                        None
+                    }
+                }
+            }
+        }
         (Some(_), Some(_)) => {
             d.at(
                 &format!("{p}.respond"),
@@ -528,7 +603,7 @@ fn compile_route(
         (None, None) => {
             d.at(
                 &p,
-                "a route needs a backend: `upstream: NAME` or `respond: {status, json | body}`",
+                "a route needs a backend: `upstream: NAME`, `split: [...]` or `respond: {status, json | body}`",
             );
             None
         }
@@ -589,24 +664,29 @@ fn compile_route(
         configs.push((usize::MAX, PolicyConfig::Deprecation(dep.clone())));
     }
     let mut chain: Vec<AnyPolicy> = Vec::new();
+    let route_policies: Vec<PolicyConfig> = configs.iter().map(|(_, c)| c.clone()).collect();
     let benv = policy::BuildEnv {
         route: &name,
         params: &param_names,
         state: traffic.0,
         consumer_limits: traffic.1,
     };
+    let bcx = policy::BuildCx {
+        auth,
+        route: &route_policies,
+        env: &benv,
+    };
     for (j, pc) in policy::in_phase_order(configs) {
-        match pc.build(&benv) {
+        match pc.build(&bcx) {
             Ok(p) => chain.push(p),
-            Err(e) => {
+            Err(policy::BuildError(errors)) => {
                 let at = if j == usize::MAX {
                     format!("{p}.deprecation")
                 } else {
                     format!("{p}.policies[{j}].{}", pc.key())
                 };
-                match policy::split_field_error(&e) {
-                    (Some(field), msg) => d.at(&format!("{at}.{field}"), msg),
-                    (None, msg) => d.at(&at, msg),
+                for (field, msg) in errors {
+                    d.at(&format!("{at}{field}"), msg);
                 }
             }
         }
@@ -621,6 +701,9 @@ fn compile_route(
     if r.timeouts.request.is_some_and(|t| t.0.is_zero()) {
         d.at(&format!("{p}.timeouts.request"), "must be more than 0");
     }
+    if r.timeouts.per_try.is_some_and(|t| t.0.is_zero()) {
+        d.at(&format!("{p}.timeouts.per_try"), "must be more than 0");
+    }
 
     if d.list.len() > before {
         return None;
@@ -632,6 +715,8 @@ fn compile_route(
         http::header::CONTENT_LENGTH,
         http::header::AUTHORIZATION,
     ]);
+    // Credentials the gateway checks and identity headers it sets.
+    protected.extend(auth.protected.iter().cloned());
     let summary = format!(
         "{name:<24} {hosts:<28} {methods:<14} {path:<32} -> {backend}{rewrite}",
         hosts = if m.hosts.is_empty() {
@@ -674,6 +759,7 @@ fn compile_route(
             chain: chain.into(),
             max_body: r.max_body.map(|s| s.0).unwrap_or(default_max_body),
             request_timeout: r.timeouts.request.map(|t| t.0),
+            per_try_timeout: r.timeouts.per_try.map(|t| t.0),
             preserve_host: r.preserve_host,
             protected: protected.into(),
             summary,
@@ -699,7 +785,9 @@ fn value_match(v: &[String]) -> ValueMatch {
     }
 }
 
-fn direct_response(r: &crate::config::RespondConfig) -> Result<DirectResponse, (String, String)> {
+pub(crate) fn direct_response(
+    r: &crate::config::RespondConfig,
+) -> Result<DirectResponse, (String, String)> {
     let status = StatusCode::from_u16(r.status)
         .ok()
         .filter(|s| s.as_u16() >= 200)

@@ -32,6 +32,12 @@ pub enum GatewayError {
     Gone(String),
     #[error("no target of upstream {upstream:?} is available")]
     NoTarget { upstream: String },
+    #[error("no target of upstream {upstream:?} is healthy")]
+    NoHealthyTarget { upstream: String, retry_after: u64 },
+    #[error("the circuit breaker of upstream {upstream:?} is open")]
+    CircuitOpen { upstream: String, retry_after: u64 },
+    #[error("upstream {upstream:?} has {limit} requests in flight, its limit")]
+    UpstreamBusy { upstream: String, limit: usize },
     #[error("could not connect to upstream {upstream:?}")]
     UpstreamConnect { upstream: String },
     #[error("connecting to upstream {upstream:?} timed out")]
@@ -42,6 +48,19 @@ pub enum GatewayError {
     UpstreamProtocol { upstream: String },
     #[error("the request body could not be read")]
     ClientBody,
+    /// No valid credentials. The challenges become `WWW-Authenticate` headers; the detail never
+    /// says which check failed.
+    #[error("valid credentials are required for this resource")]
+    Unauthorized {
+        challenges: std::sync::Arc<[HeaderValue]>,
+    },
+    /// Authenticated (or refused by address) but not allowed. `challenge` is the RFC 6750
+    /// `insufficient_scope` answer for bearer tokens.
+    #[error("access to this resource is not allowed")]
+    Forbidden { challenge: Option<HeaderValue> },
+    /// An identity provider (JWKS, introspection) could not be asked.
+    #[error("the identity provider could not be reached; try again later")]
+    AuthUnavailable,
     #[error("internal error")]
     Internal,
     #[error("rate limit {policy:?} exceeded; retry in {retry_after} s")]
@@ -59,10 +78,15 @@ impl GatewayError {
             RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             BadRequest(_) | ClientBody => StatusCode::BAD_REQUEST,
+            Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Forbidden { .. } => StatusCode::FORBIDDEN,
+            AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Gone(_) => StatusCode::GONE,
-            NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            NoTarget { .. } | NoHealthyTarget { .. } | CircuitOpen { .. } | UpstreamBusy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             UpstreamConnect { .. } | UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             UpstreamConnectTimeout { .. } | UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -87,10 +111,16 @@ impl GatewayError {
             MethodNotAllowed { .. } => "method-not-allowed",
             BadRequest(_) => "bad-request",
             ClientBody => "bad-request-body",
+            Unauthorized { .. } => "unauthorized",
+            Forbidden { .. } => "forbidden",
+            AuthUnavailable => "identity-provider-unavailable",
             BodyTooLarge { .. } => "body-too-large",
             HeadersTooLarge { .. } => "headers-too-large",
             Gone(_) => "gone",
             NoTarget { .. } => "no-upstream-target",
+            NoHealthyTarget { .. } => "no-healthy-target",
+            CircuitOpen { .. } => "circuit-open",
+            UpstreamBusy { .. } => "upstream-busy",
             UpstreamConnect { .. } => "upstream-unreachable",
             UpstreamConnectTimeout { .. } => "upstream-connect-timeout",
             UpstreamTimeout { .. } => "upstream-timeout",
@@ -112,9 +142,15 @@ impl GatewayError {
             | BodyTooLarge { .. }
             | HeadersTooLarge { .. }
             | Gone(_)
+            | Unauthorized { .. }
+            | Forbidden { .. }
             | RateLimited { .. }
             | ConcurrencyLimited { .. } => Fault::Client,
+            AuthUnavailable => Fault::Upstream,
             NoTarget { .. }
+            | NoHealthyTarget { .. }
+            | CircuitOpen { .. }
+            | UpstreamBusy { .. }
             | UpstreamConnect { .. }
             | UpstreamConnectTimeout { .. }
             | UpstreamTimeout { .. }
@@ -135,8 +171,25 @@ impl GatewayError {
     /// The problem+json response for this error.
     pub fn to_response(&self, request_id: &str) -> Response<Body> {
         let mut res = problem(self.status(), self.slug(), &self.to_string(), request_id);
-        if let GatewayError::MethodNotAllowed { allow } = self {
-            res.headers_mut().insert(header::ALLOW, allow.clone());
+        match self {
+            GatewayError::MethodNotAllowed { allow } => {
+                res.headers_mut().insert(header::ALLOW, allow.clone());
+            }
+            GatewayError::Unauthorized { challenges } => {
+                for c in challenges.iter() {
+                    res.headers_mut()
+                        .append(header::WWW_AUTHENTICATE, c.clone());
+                }
+            }
+            GatewayError::Forbidden { challenge: Some(c) } => {
+                res.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, c.clone());
+            }
+            _ => {}
+        }
+        if let Some(secs) = self.retry_after() {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         let retry_after = match self {
             GatewayError::RateLimited { retry_after, .. } => Some((*retry_after).max(1)),
@@ -149,18 +202,44 @@ impl GatewayError {
         }
         res
     }
+
+    /// Seconds for `Retry-After` on the 503s that say "come back later".
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::NoHealthyTarget { retry_after, .. }
+            | GatewayError::CircuitOpen { retry_after, .. } => Some((*retry_after).max(1)),
+            GatewayError::UpstreamBusy { .. } => Some(1),
+            _ => None,
+        }
+    }
 }
 
 /// Builds an RFC 9457 response. Used by [`GatewayError`] and by anything else that must speak
 /// in the gateway's own voice (the admin listener).
 pub fn problem(status: StatusCode, slug: &str, detail: &str, request_id: &str) -> Response<Body> {
-    let json = serde_json::json!({
+    problem_ext(status, slug, detail, request_id, serde_json::Map::new())
+}
+
+/// [`problem`] with RFC 9457 extension members (e.g. the admin API's `diagnostics`).
+pub fn problem_ext(
+    status: StatusCode,
+    slug: &str,
+    detail: &str,
+    request_id: &str,
+    extensions: serde_json::Map<String, serde_json::Value>,
+) -> Response<Body> {
+    let mut json = serde_json::json!({
         "type": format!("urn:portcullis:problem:{slug}"),
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
         "detail": detail,
         "request_id": request_id,
     });
+    if let Some(obj) = json.as_object_mut() {
+        for (k, v) in extensions {
+            obj.entry(k).or_insert(v);
+        }
+    }
     let bytes = serde_json::to_vec(&json).unwrap_or_default();
     let mut res = Response::new(body::full(bytes));
     *res.status_mut() = status;
@@ -193,6 +272,56 @@ mod tests {
         assert_eq!(v["status"], 413);
         assert_eq!(v["request_id"], "abc");
         assert!(v["detail"].as_str().unwrap().contains("10 bytes"));
+    }
+
+    #[test]
+    fn unavailable_has_retry_after() {
+        let res = GatewayError::CircuitOpen {
+            upstream: "u".into(),
+            retry_after: 7,
+        }
+        .to_response("x");
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "7");
+        let res = GatewayError::NoHealthyTarget {
+            upstream: "u".into(),
+            retry_after: 0,
+        }
+        .to_response("x");
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        let res = GatewayError::UpstreamBusy {
+            upstream: "u".into(),
+            limit: 3,
+        }
+        .to_response("x");
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        assert!(GatewayError::RouteNotFound
+            .to_response("x")
+            .headers()
+            .get(header::RETRY_AFTER)
+            .is_none());
+    }
+
+    #[test]
+    fn unauthorized_has_every_challenge() {
+        let res = GatewayError::Unauthorized {
+            challenges: vec![
+                HeaderValue::from_static("Bearer realm=\"x\""),
+                HeaderValue::from_static("Basic realm=\"x\""),
+            ]
+            .into(),
+        }
+        .to_response("x");
+        assert_eq!(res.status(), 401);
+        let all: Vec<_> = res
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .collect();
+        assert_eq!(all, ["Bearer realm=\"x\"", "Basic realm=\"x\""]);
+        let res = GatewayError::Forbidden { challenge: None }.to_response("x");
+        assert_eq!(res.status(), 403);
+        assert!(!res.headers().contains_key(header::WWW_AUTHENTICATE));
     }
 
     #[test]

@@ -5,11 +5,12 @@
 //! ([`policy`]) and a backend ([`backend`]) over upstream pools ([`upstream`]). The server
 //! ([`server`]) serves requests through one pipeline ([`proxy`]) against the current snapshot
 //! and swaps in a new one on reload. Everything the gateway says itself is an RFC 9457
-//! problem ([`error`]).
+//! problem ([`error`]). Identity (consumers, credentials, providers) lives in [`auth`].
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod backend;
 pub mod body;
 pub mod compile;

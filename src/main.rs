@@ -1,4 +1,4 @@
-//! The `portcullis` command: run, validate, routes, demo.
+//! The `portcullis` command: run, validate, routes, demo, hash-key, hash-password.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -45,6 +45,35 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9900")]
         admin_bind: String,
     },
+    /// Print the stored form (sha256:<hex>) of an API key for consumers[].api_keys.
+    HashKey {
+        /// The key; read from stdin when absent (keeps it out of shell history).
+        key: Option<String>,
+        /// Make a new random key; prints the key, then its stored form.
+        #[arg(long, conflicts_with = "key")]
+        generate: bool,
+    },
+    /// Print an argon2id hash of a password for consumers[].basic.password.
+    HashPassword {
+        /// The password; read from stdin when absent (keeps it out of shell history).
+        password: Option<String>,
+    },
+}
+
+/// One line of stdin without its line ending.
+fn read_secret(what: &str) -> Result<String> {
+    use std::io::{BufRead, IsTerminal};
+    if std::io::stdin().is_terminal() {
+        eprint!("{what}: ");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading stdin")?;
+    let line = line.trim_end_matches(['\n', '\r']).to_owned();
+    anyhow::ensure!(!line.is_empty(), "the {what} is empty");
+    Ok(line)
 }
 
 fn main() -> ExitCode {
@@ -66,6 +95,34 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
+        Cmd::HashKey { key, generate } => {
+            use portcullis::auth::api_key;
+            if generate {
+                let key = api_key::generate();
+                println!("{key}");
+                println!("{}", api_key::stored_form(&key));
+                eprintln!(
+                    "first line: the key, for the client; second line: for consumers[].api_keys"
+                );
+            } else {
+                let key = match key {
+                    Some(k) => k,
+                    None => read_secret("API key")?,
+                };
+                println!("{}", api_key::stored_form(&key));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::HashPassword { password } => {
+            let password = match password {
+                Some(p) => p,
+                None => read_secret("password")?,
+            };
+            let hash = portcullis::auth::basic::hash_password(&password)
+                .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
+            println!("{hash}");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Validate { config } => {
             let pools = portcullis::upstream::Pools::default();
             match portcullis::compile::load_and_compile(&config, &pools) {
@@ -138,9 +195,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime does the same work without the cross-thread wake-ups
+    // and work-stealing bookkeeping of a one-thread pool (the shape of one nginx worker).
+    let mut b = if workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     b.enable_all();
-    if let Some(w) = workers {
+    if let Some(w) = workers.filter(|&w| w > 1) {
         b.worker_threads(w);
     }
     b.build().context("starting the async runtime")

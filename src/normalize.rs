@@ -189,4 +189,26 @@ mod tests {
         assert_eq!(n("a"), Err(PathError::NotAbsolute));
         assert_eq!(n("*"), Err(PathError::NotAbsolute));
     }
+
+    proptest::proptest! {
+        /// Any input: no panic; a normalised path is a fixed point and has no `//`, `.` or
+        /// `..` segments left, so routing and forwarding see one spelling.
+        #[test]
+        fn normal_form_is_stable(raw in "/[a-zA-Z0-9%./_~\\-]{0,40}") {
+            if let Ok(once) = normalize_path(&raw) {
+                let once = once.into_owned();
+                let twice = normalize_path(&once).expect("a normal path stays valid").into_owned();
+                proptest::prop_assert_eq!(&once, &twice);
+                proptest::prop_assert!(!once.contains("//"), "{}", once);
+                for seg in once.split('/') {
+                    proptest::prop_assert!(seg != "." && seg != "..", "{}", once);
+                }
+            }
+        }
+
+        #[test]
+        fn never_panics(raw in "\\PC{0,64}") {
+            let _ = normalize_path(&raw);
+        }
+    }
 }

@@ -6,7 +6,8 @@
 //!   → request policies (registry order; may answer early)
 //!   → body limit (413) → backend (upstream 502/503/504, or direct response)
 //!   → response policies (reverse order, also for early answers and errors)
-//!   → request id on the response → access log when the body is done
+//!   → request id on the response → metrics, access log and request span when the body
+//!     is done
 //! ```
 //!
 //! The snapshot (`Gateway`) is loaded once per request and held to the end, so a reload
@@ -19,7 +20,9 @@ use crate::error::GatewayError;
 use crate::forwarded;
 use crate::normalize::{normalize_path, PathError};
 use crate::observe::access_log::{Record, Sink};
+use crate::observe::metrics::{Finished, RouteTable};
 use crate::observe::request_id;
+use crate::observe::trace::{RequestEnd, RequestTrace, Tracer};
 use crate::policy::{self, Ctx};
 use crate::router::{Match, RequestView};
 use http::{header, HeaderMap, HeaderValue, Request, Response, Version};
@@ -31,18 +34,23 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
-/// One config snapshot with the access-log sink it writes to.
+/// One config snapshot with the access-log sink, metric handles and tracer it records to.
 pub struct Snapshot {
     pub gateway: Gateway,
     pub log: Option<Sink>,
     pub generation: u64,
+    /// Per-route metric handles, resolved at install time.
+    pub metrics: RouteTable,
+    pub tracer: Option<Tracer>,
 }
 
 /// Facts about the client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The client certificate verified in the TLS handshake, parsed once per connection.
+    pub client_cert: Option<Arc<crate::auth::mtls::ClientCert>>,
 }
 
 /// Credentials that must appear at most once: with two, the gateway might check one and the
@@ -86,9 +94,12 @@ where
         path: String::new(),
         target: None,
         upstream_latency: None,
+        identity: None,
+        client_cert: conn.client_cert,
         consumer: None,
         api_key: None,
         traffic: Default::default(),
+        trace: snap.tracer.as_ref().map(|t| t.start_request(req.headers())),
     };
     let peer = Peer {
         ip: conn.peer.ip(),
@@ -100,7 +111,9 @@ where
     let mut res = match res {
         Ok(r) => r,
         Err(e) => {
-            if e.fault() != crate::error::Fault::Client {
+            // Load shed on purpose (open breaker, full bulkhead, no healthy target) is not
+            // logged per request: the state change that causes it is logged once.
+            if e.fault() != crate::error::Fault::Client && e.retry_after().is_none() {
                 tracing::warn!(request_id = cx.request_id_str(), route = &*cx.route_name, error = %e, "request failed");
             }
             let mut r = e.to_response(cx.request_id_str());
@@ -115,42 +128,63 @@ where
     res.headers_mut()
         .insert(s.request_id_header.clone(), cx.request_id.clone());
 
-    let Some(sink) = snap.log.clone() else {
-        return res;
-    };
+    // Everything below is recorded when the response body is done (bytes, total time).
     let path = if cx.path.is_empty() {
         "-".to_owned()
     } else {
         std::mem::take(&mut cx.path)
     };
-    let record = Record {
-        time,
-        request_id: cx.request_id,
-        client,
+    let status = res.status().as_u16();
+    let trace_id = cx.trace.as_ref().map(RequestTrace::trace_id_hex);
+    let log = snap.log.clone().map(|sink| {
+        (
+            sink,
+            Record {
+                time,
+                request_id: cx.request_id.clone(),
+                client,
+                method: method.clone(),
+                host: host.clone(),
+                path: path.clone(),
+                version,
+                route: (cx.route != usize::MAX).then(|| cx.route_name.clone()),
+                target: cx.target.clone(),
+                status,
+                bytes_in: 0,
+                bytes_out: 0,
+                duration: Default::default(),
+                upstream: cx.upstream_latency,
+                trace_id,
+            },
+        )
+    });
+    let span = cx.trace.take().map(|t| {
+        Box::new(SpanEnd {
+            trace: t,
+            request_id: cx.request_id.clone(),
+            path: path.clone(),
+            host: host.clone(),
+            client,
+            version,
+        })
+    });
+    // Inline in the (already boxed) body: one allocation per request for all of it.
+    let pending = Pending {
+        snap,
+        route: cx.route,
         method,
-        host,
-        path,
-        version,
-        route: (cx.route != usize::MAX).then_some(cx.route_name),
-        target: cx.target,
-        status: res.status().as_u16(),
-        bytes_in: 0,
-        bytes_out: 0,
-        duration: Default::default(),
+        status,
         upstream: cx.upstream_latency,
+        log,
+        span,
+        started,
+        stats,
     };
-    let format = s.access_log.format;
     res.map(|b| {
         body::boxed(Observed {
             inner: b,
             bytes: 0,
-            pending: Some(Box::new(Pending {
-                sink,
-                format,
-                record,
-                started,
-                stats,
-            })),
+            pending: Some(pending),
         })
     })
 }
@@ -249,6 +283,7 @@ where
     B::Error: Into<body::BoxError>,
 {
     check_head(&req, gw.settings.max_header_size)?;
+    gw.auth.check_single(req.headers())?;
     let path = normalize_path(req.uri().path()).map_err(|e| {
         GatewayError::BadRequest(match e {
             PathError::NotAbsolute => "the request target must be an absolute path",
@@ -300,13 +335,21 @@ where
         body::boxed(Limited::new(incoming, route.max_body, st))
     };
     let mut req = Request::from_parts(parts, body);
+    // Identity headers are the gateway's to set: a client's copies never reach a policy or
+    // an upstream, whatever the route.
+    gw.auth.strip_identity_headers(req.headers_mut());
 
     let (ran, early) = policy::run_request(&route.chain, cx, &mut req).await;
     let mut res = match early {
         Ok(Some(res)) => res,
         Ok(None) => match &route.backend {
             Backend::Respond(r) => r.respond(),
-            Backend::Http(up) => {
+            Backend::Http(_) | Backend::Split(_) => {
+                let up = match &route.backend {
+                    Backend::Split(s) => backend::split::choose(s, cx, req.headers()),
+                    Backend::Http(up) => up,
+                    Backend::Respond(_) => unreachable!("matched above"),
+                };
                 match backend::http::forward(up, route, &gw.settings, cx, peer, req).await {
                     Ok(r) => r,
                     Err(e) => {
@@ -338,33 +381,84 @@ where
     Ok(res)
 }
 
-/// The access-log line waiting for its response body to finish.
+/// What is recorded once the response body is done: metrics always, the access-log line and
+/// the request span when they are on.
 struct Pending {
-    sink: Sink,
-    format: crate::config::AccessLogFormat,
-    record: Record,
+    snap: Arc<Snapshot>,
+    route: usize,
+    method: http::Method,
+    status: u16,
+    upstream: Option<std::time::Duration>,
+    log: Option<(Sink, Record)>,
+    span: Option<Box<SpanEnd>>,
     started: Instant,
     stats: Option<Arc<BodyStats>>,
 }
 
+/// The request span, waiting for the end of the response.
+struct SpanEnd {
+    trace: RequestTrace,
+    request_id: HeaderValue,
+    path: String,
+    host: String,
+    client: std::net::IpAddr,
+    version: Version,
+}
+
+impl Pending {
+    fn finish(self, bytes_out: u64) {
+        let duration = self.started.elapsed();
+        let bytes_in = self
+            .stats
+            .as_ref()
+            .map_or(0, |s| s.bytes.load(Ordering::Relaxed));
+        self.snap.metrics.route(self.route).record(
+            &self.method,
+            Finished {
+                status: self.status,
+                duration,
+                upstream: self.upstream,
+                bytes_in,
+                bytes_out,
+            },
+        );
+        if let Some((sink, mut record)) = self.log {
+            record.bytes_out = bytes_out;
+            record.bytes_in = bytes_in;
+            record.duration = duration;
+            let s = &self.snap.gateway.settings.access_log;
+            sink.write(record.format(s.format, s.fields.as_deref()));
+        }
+        if let Some(end) = self.span {
+            end.trace.finish(RequestEnd {
+                method: &self.method,
+                path: &end.path,
+                host: &end.host,
+                route: self.snap.gateway.routes.get(self.route).map(|r| &*r.name),
+                status: self.status,
+                client: end.client,
+                protocol: crate::observe::access_log::version_str(end.version),
+                request_id: end.request_id.to_str().unwrap_or(""),
+            });
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// Counts response bytes and writes the access-log line when the body is done or dropped
-    /// (client gone).
+    /// Counts response bytes and records the request (metrics, access log, span) when the
+    /// body is done or dropped (client gone).
     struct Observed {
         #[pin]
         inner: Body,
         bytes: u64,
-        pending: Option<Box<Pending>>,
+        pending: Option<Pending>,
     }
 
     impl PinnedDrop for Observed {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(mut p) = this.pending.take() {
-                p.record.bytes_out = *this.bytes;
-                p.record.duration = p.started.elapsed();
-                p.record.bytes_in = p.stats.as_ref().map_or(0, |s| s.bytes.load(Ordering::Relaxed));
-                p.sink.write(p.record.format(p.format));
+            if let Some(p) = this.pending.take() {
+                p.finish(*this.bytes);
             }
         }
     }

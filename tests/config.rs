@@ -363,13 +363,17 @@ fn route_with_upstream_and_respond_is_refused() {
 }
 
 #[test]
-fn https_target_is_refused_clearly() {
-    let yaml = "upstreams:\n  s:\n    targets:\n      - url: https://example.com\nroutes:\n  - match: { path: /a }\n    upstream: s\n";
+fn non_http_target_is_refused_clearly() {
+    let yaml = "upstreams:\n  s:\n    targets:\n      - url: ftp://example.com\nroutes:\n  - match: { path: /a }\n    upstream: s\n";
     let d = only(compile_errors(yaml));
     assert_eq!(d.path, "upstreams.s.targets[0].url");
-    assert!(d.message.contains("only http://"), "{}", d.message);
-    assert!(d.message.contains("https://example.com"), "{}", d.message);
-    assert_eq!(at(&d), pos(yaml, "https://"));
+    assert!(
+        d.message.contains("expected an http:// or https:// URL"),
+        "{}",
+        d.message
+    );
+    assert!(d.message.contains("ftp://example.com"), "{}", d.message);
+    assert_eq!(at(&d), pos(yaml, "ftp://"));
 }
 
 #[test]
@@ -401,14 +405,14 @@ fn non_loopback_admin_needs_a_token() {
 #[test]
 fn several_compile_errors_are_reported_at_once() {
     let yaml = format!(
-        "{UPSTREAMS}  bad: {{ targets: [ {{ url: https://x.example }} ] }}\nroutes:\n  - name: a\n    match: {{ path: /a }}\n    upstream: users\n  - name: b\n    match: {{ path: \"/b/{{id\" }}\n    upstream: users\n  - name: c\n    match: {{ path: /c }}\n    upstream: userz\n  - name: a\n    match: {{ path: /d }}\n    upstream: orders\n    respond: {{ status: 200 }}\n"
+        "{UPSTREAMS}  bad: {{ targets: [ {{ url: ftp://x.example }} ] }}\nroutes:\n  - name: a\n    match: {{ path: /a }}\n    upstream: users\n  - name: b\n    match: {{ path: \"/b/{{id\" }}\n    upstream: users\n  - name: c\n    match: {{ path: /c }}\n    upstream: userz\n  - name: a\n    match: {{ path: /d }}\n    upstream: orders\n    respond: {{ status: 200 }}\n"
     );
     let ds = compile_errors(&yaml);
     let got: Vec<(&str, (u64, u64))> = ds.iter().map(|d| (d.path.as_str(), at(d))).collect();
     assert_eq!(
         got,
         vec![
-            ("upstreams.bad.targets[0].url", pos(&yaml, "https://x")),
+            ("upstreams.bad.targets[0].url", pos(&yaml, "ftp://x")),
             ("routes[1].match.path", pos(&yaml, "\"/b/")),
             ("routes[2].upstream", pos(&yaml, "userz")),
             ("routes[3].name", pos_nth(&yaml, "a\n", 1)),

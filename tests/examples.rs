@@ -99,7 +99,10 @@ fn the_demo_runs_the_shipped_quickstart() {
         assert!(names.contains(&n), "{names:?}");
     }
     assert_eq!(
-        gw.upstreams["echo"].targets[0].authority.as_str(),
+        gw.upstreams["echo"].targets().targets[0]
+            .target
+            .authority
+            .as_str(),
         "127.0.0.1:1"
     );
 }

@@ -545,3 +545,62 @@ state: { backend: redis }
         ds.0[0]
     );
 }
+
+// ------------------------------------------------------------------------ with identity
+
+/// With `authenticate`, a `consumer` key counts per consumer (across addresses and keys), an
+/// `api_key` key per key, and a consumer's own `limits` replace the route's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_and_api_key_limits_follow_the_authenticated_caller() {
+    let (gw, _echo) = gateway(
+        r#"
+consumers:
+  - { name: gold, api_keys: ["key-gold"], limits: [ { requests: 3, per: 1m } ] }
+  - { name: plain, api_keys: ["key-p1", "key-p2"] }
+"#,
+        r#"
+        - match: { path: /per-consumer }
+          upstream: echo
+          policies:
+            - authenticate: [api_key]
+            - rate_limit: { key: consumer, requests: 1, per: 1m }
+        - match: { path: /per-key }
+          upstream: echo
+          policies:
+            - authenticate: [api_key]
+            - rate_limit: { key: api_key, requests: 1, per: 1m }
+        "#,
+    )
+    .await;
+    let key = |k: &'static str| [("x-api-key", k)];
+    // plain: one request per minute, whichever key and address it comes from.
+    assert_eq!(
+        status_as(&gw, A, "/per-consumer", &key("key-p1")).await,
+        200
+    );
+    assert_eq!(
+        status_as(&gw, A, "/per-consumer", &key("key-p1")).await,
+        429
+    );
+    assert_eq!(
+        status_as(&gw, B, "/per-consumer", &key("key-p2")).await,
+        429
+    );
+    // gold's own limit (3 per minute) replaces the route's.
+    for _ in 0..3 {
+        assert_eq!(
+            status_as(&gw, A, "/per-consumer", &key("key-gold")).await,
+            200
+        );
+    }
+    assert_eq!(
+        status_as(&gw, A, "/per-consumer", &key("key-gold")).await,
+        429
+    );
+    // Per key: plain's two keys count apart, from one address.
+    assert_eq!(status_as(&gw, A, "/per-key", &key("key-p1")).await, 200);
+    assert_eq!(status_as(&gw, A, "/per-key", &key("key-p1")).await, 429);
+    assert_eq!(status_as(&gw, A, "/per-key", &key("key-p2")).await, 200);
+    // No key: 401 before any counting.
+    assert_eq!(status_as(&gw, A, "/per-key", &[]).await, 401);
+}

@@ -1,70 +1,109 @@
-//! The admin listener (`admin.bind`): operator endpoints, separate from client traffic.
+//! The admin listener (`admin.bind`): the operator's API, separate from client traffic.
 //!
-//! For now: `GET /status` (version, config generation, reload counts, listeners) and
-//! `GET /routes` (the compiled route table). Metrics and the full admin API grow here. A
-//! configured `admin.token` is required as `Authorization: Bearer TOKEN`, compared in
-//! constant time; a non-loopback `bind` without a token is refused at config compile.
+//! - [`handle`] is what the server calls per admin request: it checks the bearer token (when
+//!   `admin.token` is set, in constant time, before anything else, so an unauthenticated
+//!   client learns nothing, not even which paths exist), then hands the request to an axum
+//!   router. axum runs only here; the proxy path stays hand-written hyper.
+//! - [`api`] has the endpoints. Each is an axum handler with a `#[utoipa::path]` annotation,
+//!   and the router and the OpenAPI document (`GET /openapi.json`) are built from the same
+//!   list, so they cannot disagree.
+//! - [`redact`] keeps secrets out of `GET /config`.
+//!
+//! Every error is RFC 9457 problem+json, like everything else the gateway says: 401 without
+//! or with a wrong token, 404 for an unknown path, 405 (with `Allow`) for a wrong method,
+//! 422 for a config that does not compile.
+//!
+//! A non-loopback `admin.bind` without a token is refused when the config is compiled.
+
+pub mod api;
+pub mod redact;
 
 use crate::body::{self, Body};
 use crate::error::problem;
+use crate::observe::request_id;
 use crate::proxy::Snapshot;
 use crate::server::ServerHandle;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 
-pub async fn handle<B>(h: &ServerHandle, snap: &Snapshot, req: Request<B>) -> Response<Body> {
-    if let Some(token) = snap.gateway.admin.as_ref().and_then(|a| a.token.as_deref()) {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            let mut r = problem(
-                StatusCode::UNAUTHORIZED,
-                "admin-unauthorized",
-                "a valid admin bearer token is required",
-                "",
-            );
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
-            );
-            return r;
-        }
-    }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            "the admin endpoints accept GET",
-            "",
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
-    }
-    match req.uri().path() {
-        "/status" => json(&h.status()),
-        "/routes" => {
-            let mut r = Response::new(body::full(snap.gateway.route_table()));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            r
-        }
-        _ => problem(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "no such admin endpoint; try /status or /routes",
-            "",
-        ),
+/// The id of one admin request (an axum extension), echoed in `X-Request-Id` and problems.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub HeaderValue);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("")
     }
 }
 
-fn json(v: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(body::full(serde_json::to_vec_pretty(v).unwrap_or_default()));
+pub async fn handle<B>(h: &ServerHandle, snap: &Snapshot, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    let rid = request_id::generate();
+    let mut res = if authorized(snap, &req) {
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(RequestId(rid.clone()));
+        api::call(h.clone(), req).await.map(body::boxed)
+    } else {
+        let mut r = problem(
+            StatusCode::UNAUTHORIZED,
+            "admin-unauthorized",
+            "a valid admin bearer token is required (Authorization: Bearer TOKEN)",
+            rid.to_str().unwrap_or(""),
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
+        );
+        r
+    };
+    res.headers_mut().insert("x-request-id", rid);
+    res.headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    res
+}
+
+/// Whether the request may use the admin API: no token configured, or the right one.
+fn authorized<B>(snap: &Snapshot, req: &Request<B>) -> bool {
+    let Some(token) = snap.gateway.admin.as_ref().and_then(|a| a.token.as_deref()) else {
+        return true;
+    };
+    let mut all = req.headers().get_all(header::AUTHORIZATION).iter();
+    let given = match (all.next(), all.next()) {
+        (Some(v), None) => v.as_bytes(),
+        _ => return false,
+    };
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let Some(given) = given
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case(b"bearer "))
+        .map(|_| &given[7..])
+    else {
+        return false;
+    };
+    constant_time_eq(given, token.as_bytes())
+}
+
+/// Compares without an early exit on the first differing byte, so response timing does not
+/// reveal how much of a guess was right. (The length is not secret.)
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The JSON response of an admin endpoint.
+pub(crate) fn json_response<T: serde::Serialize>(
+    status: StatusCode,
+    v: &T,
+) -> Response<axum::body::Body> {
+    let mut r = Response::new(axum::body::Body::from(
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    ));
+    *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -72,9 +111,15 @@ fn json(v: &serde_json::Value) -> Response<Body> {
     r
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -1,26 +1,100 @@
-//! The HTTP backend: forwards a request to one target of an upstream over a pooled
-//! keep-alive connection and streams the response back.
+//! The HTTP backend: forwards a request to an upstream over pooled keep-alive connections,
+//! with the upstream's circuit breaker, bulkhead, balancer, health and retries, and streams
+//! the response back.
+//!
+//! Order for one request (each step can answer before the next):
+//!
+//! ```text
+//! circuit breaker (open → 503 + Retry-After, or the fallback response)
+//!   → request body kept for replay when retries may need it (small, known length)
+//!   → bulkhead permit (full → 503 at once, or a short wait in the queue)
+//!   → try: pick a target (healthy, not tried yet) → send with the per-try timeout
+//!          → record the outcome (target counters, passive health, breaker)
+//!          → retry? (condition, method, replayable body, attempts, budget, breaker,
+//!            total deadline) → backoff with jitter → next try on another target
+//!   → response headers to the client: from here on nothing is retried
+//! ```
 //!
 //! The request that goes upstream is the normalised one (same path the router and policies
 //! saw), rewritten as the route says, with hop-by-hop headers removed and the gateway's own
 //! headers (`X-Forwarded-*`, `Via`, request id) set last so nothing the client sent can undo
-//! them.
+//! them. The bulkhead permit and the target's in-flight count are held by the response body
+//! until it is done or dropped. Each try carries a
+//! `traceparent` naming its own span when tracing is on.
 
 use crate::body::{self, Body};
 use crate::compile::{Route, Settings};
 use crate::error::GatewayError;
 use crate::forwarded;
+
+use crate::observe::trace::TryOutcome;
 use crate::policy::Ctx;
-use crate::upstream::Upstream;
-use http::{header, uri, HeaderValue, Request, Response, Uri, Version};
+use crate::upstream::breaker::{Admit, Breaker};
+use crate::upstream::retry::Failure;
+use crate::upstream::state::{TargetState, UpstreamState};
+use crate::upstream::window::now_ms;
+use crate::upstream::{health, TargetRt, Upstream};
+use bytes::Bytes;
+use http::{header, uri, HeaderMap, HeaderValue, Request, Response, Uri, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Facts about the client connection the forwarder needs.
 pub struct Peer {
     pub ip: IpAddr,
     pub trusted: bool,
     pub tls: bool,
+}
+
+/// A breaker admission: a half-open probe that ends without an outcome gives its slot back.
+struct Ticket<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.recorded {
+            self.breaker.release_probe();
+        }
+    }
+}
+
+/// The request body across tries.
+enum ReqBody {
+    Empty,
+    /// Kept in memory: every try sends it again.
+    Kept(Bytes),
+    /// Streamed: only the first try can send it.
+    Stream(Option<Body>),
+}
+
+impl ReqBody {
+    fn take(&mut self) -> Body {
+        match self {
+            ReqBody::Empty => body::empty(),
+            ReqBody::Kept(b) => body::full(b.clone()),
+            ReqBody::Stream(b) => b.take().unwrap_or_else(body::empty),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        !matches!(self, ReqBody::Stream(_))
+    }
+}
+
+/// What came of one try.
+enum Outcome {
+    Response(Response<hyper::body::Incoming>),
+    Failed(Failure, GatewayError),
 }
 
 pub async fn forward(
@@ -31,46 +105,48 @@ pub async fn forward(
     peer: &Peer,
     req: Request<Body>,
 ) -> Result<Response<Body>, GatewayError> {
-    let target = up.pick().ok_or_else(|| GatewayError::NoTarget {
-        upstream: up.name.to_string(),
-    })?;
-    cx.target = Some(target.label.clone());
+    let st: &UpstreamState = &up.state;
 
-    let (mut parts, body) = req.into_parts();
-    // The host the client asked for, as routing saw it: the request target's authority
-    // (HTTP/2 `:authority`, HTTP/1.1 absolute-form), else the Host header. An HTTP/2 client
-    // sends no Host header at all.
+    // Circuit breaker first: an open circuit costs no permit, no target, no connection.
+    let mut ticket = Ticket {
+        breaker: &st.breaker,
+        probe: false,
+        recorded: false,
+    };
+    if let Some(b) = &up.breaker {
+        match st.breaker.admit(b, now_ms(), &up.name) {
+            Admit::Pass => {}
+            Admit::Probe => ticket.probe = true,
+            Admit::Reject { retry_after } => {
+                if let Some(fallback) = &up.breaker_fallback {
+                    return Ok(fallback.respond());
+                }
+                return Err(GatewayError::CircuitOpen {
+                    upstream: up.name.to_string(),
+                    retry_after: retry_after.as_secs_f64().ceil() as u64,
+                });
+            }
+        }
+    }
+
+    let (mut parts, incoming) = req.into_parts();
+    let path = route.rewrite.apply(&cx.path, &cx.params);
+    let query = parts.uri.query();
+    let mut path_and_query = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    path_and_query.push_str(&path);
+    if let Some(q) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+
+    // Headers: everything but `Host`, which depends on the target. The host the client asked
+    // for, as routing saw it: the request target's authority (HTTP/2 `:authority`, HTTP/1.1
+    // absolute-form), else the Host header. An HTTP/2 client sends no Host header at all.
     let original_host = parts
         .uri
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
-
-    // Path: normalised, rewritten, under the target's base path; query as the client sent it.
-    let path = route.rewrite.apply(&cx.path, &cx.params);
-    let query = parts.uri.query();
-    let mut pq = String::with_capacity(
-        target.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
-    );
-    pq.push_str(&target.base_path);
-    pq.push_str(&path);
-    if let Some(q) = query {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    let pq: uri::PathAndQuery = pq
-        .parse()
-        .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
-    parts.uri = Uri::from_parts({
-        let mut u = uri::Parts::default();
-        u.scheme = Some(target.scheme.clone());
-        u.authority = Some(target.authority.clone());
-        u.path_and_query = Some(pq);
-        u
-    })
-    .map_err(|_| GatewayError::Internal)?;
-
-    // Headers.
     let client_version = parts.version;
     forwarded::strip_hop_by_hop(
         &mut parts.headers,
@@ -84,11 +160,11 @@ pub async fn forward(
         peer.tls,
         original_host.as_ref(),
     );
-    let host = match &original_host {
-        Some(h) if route.preserve_host => h.clone(),
-        _ => target.host_header.clone(),
-    };
-    parts.headers.insert(header::HOST, host);
+    if route.preserve_host {
+        if let Some(h) = &original_host {
+            parts.headers.insert(header::HOST, h.clone());
+        }
+    }
     if let Some((v11, v2)) = &settings.via {
         forwarded::append_via(
             &mut parts.headers,
@@ -102,31 +178,238 @@ pub async fn forward(
     parts
         .headers
         .insert(settings.request_id_header.clone(), cx.request_id.clone());
-    parts.version = match up.protocol {
-        crate::config::UpstreamProtocol::Http1 => Version::HTTP_11,
+    let version = match up.protocol {
         crate::config::UpstreamProtocol::Http2 => Version::HTTP_2,
+        _ => Version::HTTP_11,
     };
-    if parts.version == Version::HTTP_2 {
-        // h2 carries the authority in :authority; a Host header too would be redundant.
-        parts.headers.remove(header::HOST);
-    }
+    let keep_host = route.preserve_host && original_host.is_some();
 
-    let timeout = route.request_timeout.unwrap_or(up.request_timeout);
-    let sent = Instant::now();
-    let result =
-        tokio::time::timeout(timeout, up.client.request(Request::from_parts(parts, body))).await;
-    cx.upstream_latency = Some(sent.elapsed());
-    let res = match result {
-        Err(_) => {
-            return Err(GatewayError::UpstreamTimeout {
-                upstream: up.name.to_string(),
-                timeout_ms: timeout.as_millis(),
-            })
+    // Body: kept in memory when a retry may have to send it again and it is small and of
+    // known length; otherwise streamed, and then only the first try can carry it.
+    let retry = up.retry.as_ref();
+    let mut req_body = if incoming.is_end_stream() {
+        ReqBody::Empty
+    } else {
+        let length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match (retry, length) {
+            (Some(r), Some(len)) if r.may_retry(&parts.method) && len <= r.buffer => {
+                let collected = incoming.collect().await.map_err(|e| {
+                    if e.downcast_ref::<crate::body::TooLarge>().is_some() {
+                        GatewayError::BodyTooLarge {
+                            limit: route.max_body,
+                        }
+                    } else {
+                        GatewayError::ClientBody
+                    }
+                })?;
+                ReqBody::Kept(collected.to_bytes())
+            }
+            _ => ReqBody::Stream(Some(incoming)),
         }
-        Ok(Err(e)) => return Err(classify(&e, up)),
-        Ok(Ok(res)) => res,
     };
 
+    // Bulkhead: one permit for the whole request, released when its response body is done.
+    // Taken after the body is read, so a slow client does not hold the upstream's slots.
+    let permit = match &up.bulkhead {
+        None => None,
+        Some(b) => Some(
+            b.acquire()
+                .await
+                .map_err(|full| GatewayError::UpstreamBusy {
+                    upstream: up.name.to_string(),
+                    limit: full.0,
+                })?,
+        ),
+    };
+
+    let total = route.request_timeout.unwrap_or(up.request_timeout);
+    let per_try = route.per_try_timeout.or(up.per_try_timeout);
+    let started = Instant::now();
+    let deadline = started + total;
+    let set = up.targets();
+    let key = up.hash_key(&parts.headers, cx.client.ip());
+    if let Some(r) = retry {
+        st.budget.record_request(&r.budget, now_ms());
+    }
+    let mut tried: Vec<usize> = Vec::new();
+    let mut retries = 0u32;
+    loop {
+        let now = now_ms();
+        let Some(idx) = up.pick(&set, key, now, &tried) else {
+            return Err(if set.targets.is_empty() {
+                GatewayError::NoTarget {
+                    upstream: up.name.to_string(),
+                }
+            } else {
+                GatewayError::NoHealthyTarget {
+                    upstream: up.name.to_string(),
+                    retry_after: health::next_recovery(up, now).as_secs_f64().ceil() as u64,
+                }
+            });
+        };
+        let t = &set.targets[idx];
+        cx.target = Some(t.target.label.clone());
+        let mut request = build_request(
+            &parts,
+            &path_and_query,
+            t,
+            version,
+            keep_host,
+            req_body.take(),
+        )?;
+        // Each try is its own span; the upstream sees it as its parent.
+        let span = cx.trace.as_mut().map(|tr| tr.start_try());
+        if let (Some(tr), Some(sp)) = (&cx.trace, &span) {
+            tr.inject(sp, request.headers_mut());
+        }
+
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let limit = try_limit(per_try, remaining);
+        let guard = InFlight::new(t.state.clone(), up.state.clone());
+        let result = tokio::time::timeout(limit, up.client.request(request)).await;
+        cx.upstream_latency = Some(started.elapsed());
+        let outcome = match result {
+            Ok(Ok(res)) => Outcome::Response(res),
+            Ok(Err(e)) => match classify(&e, up) {
+                Err(client_fault) => return Err(client_fault),
+                Ok((f, err)) => Outcome::Failed(f, err),
+            },
+            Err(_) => Outcome::Failed(
+                Failure::Timeout,
+                GatewayError::UpstreamTimeout {
+                    upstream: up.name.to_string(),
+                    timeout_ms: limit.as_millis(),
+                },
+            ),
+        };
+
+        if let (Some(tr), Some(sp)) = (&cx.trace, span) {
+            let o = match &outcome {
+                Outcome::Response(r) => TryOutcome::Status(r.status().as_u16()),
+                Outcome::Failed(_, e) => TryOutcome::Error(e.slug()),
+            };
+            tr.end_try(sp, &parts.method, &up.name, &t.target.label, o);
+        }
+
+        // Record what the try said about the target and the upstream.
+        let now = now_ms();
+        let (target_ok, breaker_ok) = match &outcome {
+            Outcome::Response(r) => {
+                let s = r.status().as_u16();
+                (!up.is_failure(s), !up.is_breaker_failure(s))
+            }
+            Outcome::Failed(..) => (false, false),
+        };
+        if !target_ok {
+            t.state.failures.fetch_add(1, Ordering::Relaxed);
+            t.state.set_last_error(match &outcome {
+                Outcome::Response(r) => format!("status {}", r.status().as_u16()),
+                Outcome::Failed(_, e) => e.to_string(),
+            });
+        }
+        health::record_passive(up, &t.state, &t.target.label, now, target_ok);
+        if let Some(b) = &up.breaker {
+            st.breaker
+                .record(b, now, breaker_ok, ticket.probe, &up.name);
+            ticket.recorded = true;
+        }
+
+        // Retry?
+        let failure = match &outcome {
+            Outcome::Response(r) => Some(Failure::Status(r.status().as_u16())),
+            Outcome::Failed(f, _) => Some(*f),
+        };
+        let retry_ok = match (retry, failure) {
+            (Some(r), Some(f)) => {
+                retries < r.attempts
+                    && r.retries(f, &parts.method)
+                    && req_body.replayable()
+                    && !(f == Failure::Timeout && limit == remaining)
+                    && !matches!(st.breaker.state(), crate::upstream::breaker::BreakerState::Open if up.breaker.is_some())
+                    && st.budget.try_retry(&r.budget, now)
+            }
+            _ => false,
+        };
+        if retry_ok {
+            let r = retry.expect("checked above");
+            retries += 1;
+            tried.push(idx);
+            let wait = r.backoff(retries);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if wait < left {
+                drop(outcome);
+                drop(guard);
+                tracing::debug!(upstream = %up.name, target = %t.target.label, retry = retries, ?failure, "retrying on another target");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        }
+
+        return match outcome {
+            Outcome::Failed(_, e) => {
+                if matches!(e, GatewayError::UpstreamTimeout { .. }) && limit == remaining {
+                    // The total ran out, not a per-try limit: say the total.
+                    return Err(GatewayError::UpstreamTimeout {
+                        upstream: up.name.to_string(),
+                        timeout_ms: total.as_millis(),
+                    });
+                }
+                Err(e)
+            }
+            Outcome::Response(res) => Ok(finish(res, settings, guard, permit)),
+        };
+    }
+}
+
+/// One try's request, aimed at target `t`.
+fn build_request(
+    parts: &http::request::Parts,
+    path_and_query: &str,
+    t: &TargetRt,
+    version: Version,
+    keep_host: bool,
+    body: Body,
+) -> Result<Request<Body>, GatewayError> {
+    let target = &t.target;
+    let pq: uri::PathAndQuery = if target.base_path.is_empty() {
+        path_and_query.parse()
+    } else {
+        format!("{}{path_and_query}", target.base_path).parse()
+    }
+    .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
+    let uri = Uri::from_parts({
+        let mut u = uri::Parts::default();
+        u.scheme = Some(target.scheme.clone());
+        u.authority = Some(target.authority.clone());
+        u.path_and_query = Some(pq);
+        u
+    })
+    .map_err(|_| GatewayError::Internal)?;
+    let mut headers: HeaderMap = parts.headers.clone();
+    if version == Version::HTTP_2 {
+        // h2 carries the authority in :authority; a Host header too would be redundant.
+        headers.remove(header::HOST);
+    } else if !keep_host {
+        headers.insert(header::HOST, target.host_header.clone());
+    }
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+fn finish(
+    res: Response<hyper::body::Incoming>,
+    settings: &Settings,
+    guard: InFlight,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
     forwarded::strip_response_hop_by_hop(&mut parts.headers);
     if let Some((v11, v2)) = &settings.via {
@@ -140,18 +423,28 @@ pub async fn forward(
         );
     }
     parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(parts, body::boxed(body)))
+    Response::from_parts(
+        parts,
+        body::boxed(Tracked {
+            inner: body,
+            _guard: guard,
+            _permit: permit,
+        }),
+    )
 }
 
-/// Maps a client error to what the user should hear. A body cut by our own size limit is the
-/// client's fault (413), not the upstream's.
-fn classify(e: &hyper_util::client::legacy::Error, up: &Upstream) -> GatewayError {
+/// Maps a client error to a retry condition and what the user should hear. A body cut by
+/// our own size limit is the client's fault (413), not the upstream's: `Err`, never retried.
+fn classify(
+    e: &hyper_util::client::legacy::Error,
+    up: &Upstream,
+) -> Result<(Failure, GatewayError), GatewayError> {
     let upstream = up.name.to_string();
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     let mut timed_out = false;
     while let Some(s) = source {
         if let Some(tl) = s.downcast_ref::<crate::body::TooLarge>() {
-            return GatewayError::BodyTooLarge { limit: tl.0 };
+            return Err(GatewayError::BodyTooLarge { limit: tl.0 });
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
@@ -160,14 +453,99 @@ fn classify(e: &hyper_util::client::legacy::Error, up: &Upstream) -> GatewayErro
         }
         source = s.source();
     }
-    if e.is_connect() {
+    Ok(if e.is_connect() {
+        tracing::debug!(upstream = %up.name, error = %e, "connecting upstream failed");
         if timed_out {
-            GatewayError::UpstreamConnectTimeout { upstream }
+            (
+                Failure::Connect,
+                GatewayError::UpstreamConnectTimeout { upstream },
+            )
         } else {
-            GatewayError::UpstreamConnect { upstream }
+            (Failure::Connect, GatewayError::UpstreamConnect { upstream })
         }
     } else {
-        tracing::debug!(upstream = %up.name, error = %e, "upstream request failed");
-        GatewayError::UpstreamProtocol { upstream }
+        tracing::debug!(upstream = %up.name, error = ?e, "upstream request failed");
+        (Failure::Reset, GatewayError::UpstreamProtocol { upstream })
+    })
+}
+
+/// Counts a request in flight on its target and upstream until dropped.
+struct InFlight {
+    target: Arc<TargetState>,
+    upstream: Arc<UpstreamState>,
+}
+
+impl InFlight {
+    fn new(target: Arc<TargetState>, upstream: Arc<UpstreamState>) -> InFlight {
+        target.in_flight.fetch_add(1, Ordering::Relaxed);
+        target.requests.fetch_add(1, Ordering::Relaxed);
+        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { target, upstream }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The upstream's response body, holding the request's in-flight count and bulkhead
+    /// permit until it is done or dropped.
+    struct Tracked {
+        #[pin]
+        inner: hyper::body::Incoming,
+        _guard: InFlight,
+        _permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How long a try may take: the per-try timeout, never beyond what is left of the total.
+fn try_limit(per_try: Option<Duration>, remaining: Duration) -> Duration {
+    per_try.map_or(remaining, |p| p.min(remaining))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_try_never_exceeds_the_total() {
+        let s = Duration::from_secs;
+        assert_eq!(try_limit(None, s(5)), s(5));
+        assert_eq!(try_limit(Some(s(1)), s(5)), s(1));
+        assert_eq!(try_limit(Some(s(9)), s(5)), s(5));
+    }
+
+    #[test]
+    fn only_kept_bodies_replay() {
+        assert!(ReqBody::Empty.replayable());
+        assert!(ReqBody::Kept(Bytes::from_static(b"x")).replayable());
+        let mut s = ReqBody::Stream(Some(body::full("x")));
+        assert!(!s.replayable());
+        let _ = s.take();
+        assert!(s.take().is_end_stream());
     }
 }

@@ -1,11 +1,13 @@
 //! Backends: what answers a route once its request policies have passed.
 //!
-//! One variant per kind of backend; `http` forwards to an upstream pool, `respond` answers
-//! from the gateway itself. Later kinds (split, aggregate, brokers, gRPC, WebSocket bridges)
+//! One variant per kind of backend; `http` forwards to an upstream pool, `split` to one of
+//! several upstreams (canaries), `respond` answers from the gateway itself. Later kinds
+//! (aggregate, brokers, gRPC, WebSocket bridges)
 //! are further variants. Path rewriting lives here too because only backends that forward
 //! use it.
 
 pub mod http;
+pub mod split;
 
 use crate::body::{self, Body};
 use crate::router::Params;
@@ -16,6 +18,7 @@ use std::sync::Arc;
 
 pub enum Backend {
     Http(Arc<Upstream>),
+    Split(Arc<split::Split>),
     Respond(Arc<DirectResponse>),
 }
 
@@ -23,6 +26,7 @@ impl Backend {
     pub fn describe(&self) -> String {
         match self {
             Backend::Http(u) => format!("upstream {}", u.name),
+            Backend::Split(s) => s.describe(),
             Backend::Respond(r) => format!("respond {}", r.status.as_u16()),
         }
     }

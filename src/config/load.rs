@@ -8,8 +8,8 @@
 //! field path (`routes[2].upstream`) and what was expected.
 
 use super::{
-    AccessLogConfig, AdminConfig, Config, Defaults, ListenerConfig, RouteConfig, ServerConfig,
-    UpstreamConfig, Workers,
+    AccessLogConfig, AdminConfig, AuthConfig, Config, ConsumerConfig, Defaults, ListenerConfig,
+    RouteConfig, ServerConfig, TracingConfig, UpstreamConfig, Workers,
 };
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
@@ -153,6 +153,9 @@ impl fmt::Display for FieldPath {
 pub struct SourceMap {
     pub file: String,
     pub root: Option<Node>,
+    /// The whole document as JSON after `${VAR}` interpolation: what actually runs. The admin
+    /// API shows it with secrets redacted (`admin::redact`); nothing else reads it.
+    pub effective: Option<Value>,
 }
 
 impl SourceMap {
@@ -267,11 +270,11 @@ pub fn load_str_partial(
     let mut source = SourceMap {
         file: file.to_owned(),
         root: None,
+        effective: None,
     };
-    // YAML 1.2 booleans only: `no`, `off`, `n` stay strings (a query value `no`, a country
-    // code `NO`, `format: off`), which is what people mean in a config file.
-    let mut options = serde_saphyr::Options::default();
-    options.strict_booleans = true;
+    // YAML 1.2 booleans only: with YAML 1.1's, the key `on:` (retries) and values such as
+    // `format: off` or a country code `NO` would silently become booleans.
+    let options = serde_saphyr::options! { strict_booleans: true };
     let root = match serde_saphyr::from_str_with_options::<SNode>(text, options) {
         Ok(SNode(n)) => n,
         Err(e) => {
@@ -291,6 +294,16 @@ pub fn load_str_partial(
             );
         }
     };
+    // Interpolation errors are reported by the section decoders below; here they only leave
+    // a null in the copy.
+    source.effective = Some(
+        Decoder {
+            source: &source,
+            diags: &mut Vec::new(),
+            env,
+        }
+        .json_of(&root, &FieldPath::default()),
+    );
     source.root = Some(root);
     let source = Arc::new(source);
     let mut diags = Vec::new();
@@ -335,6 +348,7 @@ pub fn load_str_partial(
             "access_log" => {
                 cfg.access_log = dec.one::<AccessLogConfig>(node, &path).unwrap_or_default()
             }
+            "tracing" => cfg.tracing = dec.one::<TracingConfig>(node, &path).unwrap_or_default(),
             "upstreams" => cfg.upstreams = dec.map::<UpstreamConfig>(node, &path),
             "routes" => {
                 saw_routes = true;
@@ -347,6 +361,17 @@ pub fn load_str_partial(
                     })
                     .collect();
             }
+            "consumers" => {
+                cfg.consumers = dec
+                    .list_indexed::<ConsumerConfig>(node, &path)
+                    .into_iter()
+                    .map(|(i, mut c)| {
+                        c.index = i;
+                        c
+                    })
+                    .collect()
+            }
+            "auth" => cfg.auth = dec.auth(node, &path),
             "state" => {
                 cfg.state = dec
                     .one::<super::traffic::StateConfig>(node, &path)
@@ -366,7 +391,7 @@ pub fn load_str_partial(
                     column: loc.column,
                     path: other.to_owned(),
                     message: format!(
-                        "unknown section `{other}`; expected one of: listeners, admin, defaults, server, access_log, upstreams, routes, state, workers"
+                        "unknown section `{other}`; expected one of: listeners, admin, defaults, server, access_log, tracing, upstreams, consumers, auth, state, routes, workers"
                     ),
                 });
             }
@@ -439,6 +464,31 @@ impl Decoder<'_> {
                 Default::default()
             }
         }
+    }
+
+    /// `auth`: the provider maps entry by entry (every bad provider is reported), the rest
+    /// as one value.
+    fn auth(&mut self, node: &Node, path: &FieldPath) -> AuthConfig {
+        let Kind::Map(entries) = &node.kind else {
+            return self.one(node, path).unwrap_or_default();
+        };
+        let (maps, rest): (Vec<_>, Vec<_>) = entries
+            .iter()
+            .cloned()
+            .partition(|(k, _, _)| k == "jwt" || k == "introspection");
+        let rest = Node {
+            loc: node.loc,
+            kind: Kind::Map(rest),
+        };
+        let mut out: AuthConfig = self.one(&rest, path).unwrap_or_default();
+        for (k, _, n) in &maps {
+            let p = path.key(k.as_str());
+            match k.as_str() {
+                "jwt" => out.jwt = self.map(n, &p),
+                _ => out.introspection = self.map(n, &p),
+            }
+        }
+        out
     }
 
     fn one<T: DeserializeOwned>(&mut self, node: &Node, path: &FieldPath) -> Option<T> {
@@ -725,6 +775,22 @@ bogus: 1
         assert_eq!(err.0.len(), 1);
         assert!(err.0[0].line >= 2, "{:?}", err.0[0]);
         assert!(err.0[0].message.starts_with("not valid YAML"));
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_stay_strings() {
+        let l = load_str(
+            "t.yaml",
+            "access_log: { format: off }\nroutes:\n  - match: { path: /a }\n    respond: { status: 200, headers: { on: yes } }\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            l.config.access_log.format,
+            super::super::AccessLogFormat::Off
+        );
+        let r = l.config.routes[0].respond.as_ref().unwrap();
+        assert_eq!(r.headers.get("on").map(String::as_str), Some("yes"));
     }
 
     #[test]

@@ -5,17 +5,24 @@
 //! [`crate::compile::Gateway`]. Loading (YAML parsing, `${VAR}` interpolation, error locations)
 //! lives in [`load`]; units (durations, sizes) in [`units`].
 
+pub mod auth;
 pub mod load;
 pub mod traffic;
 pub mod units;
+pub mod upstream;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use auth::{AuthConfig, ConsumerConfig};
 pub use load::{load_file, load_str, load_str_partial, Diagnostic, Diagnostics, Loaded, SourceMap};
 pub use units::{Dur, Size};
+pub use upstream::{
+    BalanceConfig, CircuitBreakerConfig, DiscoverConfig, HealthConfig, QueueConfig, RetryConfig,
+    SplitConfig, UpstreamTlsConfig,
+};
 
 /// The whole file. Only `routes` is required.
 #[derive(Debug, Clone, Default)]
@@ -25,8 +32,13 @@ pub struct Config {
     pub defaults: Defaults,
     pub server: ServerConfig,
     pub access_log: AccessLogConfig,
+    pub tracing: TracingConfig,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// Known callers and their credentials (issue 4).
+    pub consumers: Vec<ConsumerConfig>,
+    /// Identity providers that routes refer to by name (issue 4).
+    pub auth: AuthConfig,
     /// Where rate-limit counters live (issue 5).
     pub state: traffic::StateConfig,
     /// Worker threads of the async runtime; defaults to the number of CPUs.
@@ -61,6 +73,20 @@ pub struct TlsConfig {
     pub key: Option<String>,
     #[serde(default)]
     pub certificates: Vec<CertPair>,
+    /// mTLS: PEM file of the CAs that client certificates must chain to.
+    #[serde(default)]
+    pub client_ca: Option<String>,
+    /// With `client_ca`: `required` (default; no certificate, no handshake) or `optional`.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `listeners[].tls.client_auth`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,7 +96,7 @@ pub struct CertPair {
     pub key: String,
 }
 
-/// `admin`: the operator's listener (status now; metrics and the admin API later).
+/// `admin`: the operator's listener: the admin API, `/metrics` and `/openapi.json`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
@@ -91,8 +117,9 @@ pub struct Defaults {
     pub max_body: Option<Size>,
 }
 
-/// Connect and request timeouts. `request` runs from sending the request upstream until
-/// the response headers arrive.
+/// Connect and request timeouts. `request` is the total: from sending the request upstream
+/// until the response headers arrive, over every try. `per_try` bounds each try when
+/// retries are on.
 #[derive(Debug, Clone, Copy, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
@@ -100,6 +127,8 @@ pub struct Timeouts {
     pub connect: Option<Dur>,
     #[serde(default)]
     pub request: Option<Dur>,
+    #[serde(default)]
+    pub per_try: Option<Dur>,
 }
 
 /// `server`: connection-level settings that are not per route.
@@ -140,9 +169,67 @@ pub struct RequestIdConfig {
 pub struct AccessLogConfig {
     #[serde(default)]
     pub format: AccessLogFormat,
-    /// Append to this file instead of stdout.
+    /// Append to this file instead of stdout. Reopened on SIGUSR1 (log rotation).
     #[serde(default)]
     pub path: Option<String>,
+    /// The keys of a JSON line, in this order. Default: all of them.
+    #[serde(default)]
+    pub fields: Option<Vec<AccessLogField>>,
+}
+
+/// One key of a JSON access-log line. There is deliberately no field for headers, query
+/// strings or bodies: what is not logged cannot leak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogField {
+    Time,
+    RequestId,
+    TraceId,
+    Client,
+    Method,
+    Host,
+    Path,
+    Protocol,
+    Route,
+    Upstream,
+    Status,
+    BytesIn,
+    BytesOut,
+    DurationMs,
+    UpstreamMs,
+}
+
+/// `tracing`: OpenTelemetry traces of requests and upstream tries.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Where spans are exported; without it no spans are recorded (W3C trace headers from
+    /// clients still pass through to upstreams unchanged).
+    #[serde(default)]
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// `tracing.otlp`: an OTLP collector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector, `http://host:4318`; spans are POSTed to `{endpoint}/v1/traces` (an
+    /// endpoint that already ends in `/v1/traces` is used as written).
+    pub endpoint: String,
+    /// `http/json` (default; `http` is the same). `http/protobuf` and `grpc` are recognised
+    /// but not built in.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0 (default 1.0). A request that arrives with a
+    /// `traceparent` follows its parent's sampled flag instead.
+    #[serde(default, deserialize_with = "opt_float_or_string")]
+    pub sample_ratio: Option<f64>,
+    /// `service.name` of the spans. Default `portcullis`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// Extra headers on every export request (a collector's API key, for example).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -188,10 +275,31 @@ impl<'de> Deserialize<'de> for AccessLogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// Fixed targets; or `discover` them.
+    #[serde(default)]
     pub targets: Vec<TargetConfig>,
-    /// `http1` (default) or `http2` (prior knowledge, h2c) to the targets.
+    /// `http1` (default), `http2` (h2c prior knowledge, or ALPN h2 over TLS), or `auto`
+    /// (https only: ALPN offers h2 and http/1.1).
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    #[serde(default)]
+    pub discover: Option<DiscoverConfig>,
+    #[serde(default)]
+    pub balance: BalanceConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub retries: Option<RetryConfig>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Bulkhead: requests in flight to this upstream at most; beyond it 503 at once (or
+    /// a wait in `queue`).
+    #[serde(default, deserialize_with = "opt_usize")]
+    pub max_concurrent: Option<usize>,
+    #[serde(default)]
+    pub queue: Option<QueueConfig>,
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Idle keep-alive connections are closed after this long. Default 90s.
@@ -208,6 +316,11 @@ pub enum UpstreamProtocol {
     #[default]
     Http1,
     Http2,
+    Auto,
+}
+
+fn opt_usize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    int_or_string(d).map(Some)
 }
 
 /// `upstreams.NAME.targets[]`.
@@ -241,6 +354,9 @@ pub struct RouteConfig {
     pub upstream: Option<String>,
     #[serde(default)]
     pub respond: Option<RespondConfig>,
+    /// Weighted choice among upstreams (canaries), instead of `upstream`.
+    #[serde(default)]
+    pub split: Option<SplitConfig>,
     #[serde(default)]
     pub rewrite: Option<RewriteConfig>,
     #[serde(default)]
@@ -384,6 +500,36 @@ where
         }
     }
     d.deserialize_any(V(std::marker::PhantomData))
+}
+
+/// Accepts `0.25` or `"0.25"` (interpolated values are strings).
+fn opt_float_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Option<f64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number")
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v as f64))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v as f64))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            v.trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| E::invalid_value(de::Unexpected::Str(v), &self))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// `workers` accepts a number or an interpolated numeric string.

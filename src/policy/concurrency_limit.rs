@@ -14,7 +14,7 @@
 //! node and its backends have now.
 
 use super::rate_limit::{KeyPart, KeySpec};
-use super::{Build, BuildEnv, Ctx, Flow, Policy};
+use super::{Build, BuildCx, BuildEnv, BuildError, Ctx, Flow, Policy};
 use crate::body::Body;
 use crate::config::traffic::ConcurrencyLimitConfig;
 use crate::error::GatewayError;
@@ -37,7 +37,14 @@ pub struct ConcurrencyLimit {
 impl Build for ConcurrencyLimit {
     type Config = ConcurrencyLimitConfig;
 
-    fn build(cfg: &ConcurrencyLimitConfig) -> Result<Self, String> {
+    fn build(cfg: &ConcurrencyLimitConfig, cx: &BuildCx<'_>) -> Result<Self, BuildError> {
+        Self::build_in(cfg, cx.env).map_err(BuildError::from)
+    }
+}
+
+impl ConcurrencyLimit {
+    /// Built alone: a private memory store, no route scope, no consumers (unit tests).
+    pub fn build_alone(cfg: &ConcurrencyLimitConfig) -> Result<Self, String> {
         let slot = StateSlot::default();
         let consumers = Default::default();
         Self::build_in(
@@ -51,7 +58,7 @@ impl Build for ConcurrencyLimit {
         )
     }
 
-    fn build_in(cfg: &ConcurrencyLimitConfig, env: &BuildEnv<'_>) -> Result<Self, String> {
+    pub fn build_in(cfg: &ConcurrencyLimitConfig, env: &BuildEnv<'_>) -> Result<Self, String> {
         let key = KeySpec::parse(cfg.key.as_ref(), "key", env.params)?;
         if !(1..=u64::from(u32::MAX)).contains(&cfg.max) {
             return Err(super::field_error(
@@ -159,14 +166,17 @@ mod tests {
             path: "/".into(),
             target: None,
             upstream_latency: None,
+            identity: None,
+            client_cert: None,
             consumer: None,
             api_key: None,
             traffic: Default::default(),
+            trace: None,
         }
     }
 
     fn policy(key: &str, max: u64) -> ConcurrencyLimit {
-        ConcurrencyLimit::build(&ConcurrencyLimitConfig {
+        ConcurrencyLimit::build_alone(&ConcurrencyLimitConfig {
             key: Some(OneOrMany(vec![key.into()])),
             max,
         })
@@ -222,7 +232,7 @@ mod tests {
 
     #[test]
     fn max_must_be_positive() {
-        let e = ConcurrencyLimit::build(&ConcurrencyLimitConfig { key: None, max: 0 })
+        let e = ConcurrencyLimit::build_alone(&ConcurrencyLimitConfig { key: None, max: 0 })
             .err()
             .unwrap();
         assert_eq!(super::super::split_field_error(&e).0, Some("max"));

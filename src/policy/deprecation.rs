@@ -5,7 +5,7 @@
 //! once the sunset time has passed, the route answers 410 Gone itself and the backend is
 //! never called. Header values are built at compile time.
 
-use super::{Build, Ctx, Flow, Policy};
+use super::{Build, BuildCx, BuildError, Ctx, Flow, Policy};
 use crate::body::Body;
 use crate::config::DeprecationConfig;
 use crate::error::GatewayError;
@@ -21,7 +21,7 @@ pub struct Deprecation {
 impl Build for Deprecation {
     type Config = DeprecationConfig;
 
-    fn build(cfg: &DeprecationConfig) -> Result<Self, String> {
+    fn build(cfg: &DeprecationConfig, _cx: &BuildCx<'_>) -> Result<Self, BuildError> {
         let mut headers = Vec::new();
         let since = cfg.since.as_deref().map(parse_date).transpose()?;
         let sunset = cfg.sunset.as_deref().map(parse_date).transpose()?;
@@ -54,7 +54,7 @@ impl Build for Deprecation {
         }
         if let Some(link) = &cfg.link {
             if link.contains(['<', '>', '"', '\r', '\n']) {
-                return Err(format!("`link` {link:?} must be a plain URL"));
+                return Err(format!("`link` {link:?} must be a plain URL").into());
             }
             headers.push((
                 http::header::LINK,
@@ -223,12 +223,12 @@ mod tests {
 
     #[test]
     fn builds_headers() {
-        let d = Deprecation::build(&DeprecationConfig {
+        let cfg = DeprecationConfig {
             since: Some("2026-01-31T12:00:00Z".into()),
             sunset: Some("2099-01-01".into()),
             link: Some("https://example.com/migrate".into()),
-        })
-        .unwrap();
+        };
+        let d = crate::policy::test_cx(|cx| Deprecation::build(&cfg, cx)).unwrap();
         let mut res = Response::new(crate::body::empty());
         d.decorate(&mut res);
         assert_eq!(res.headers()["deprecation"], "@1769860800");
@@ -246,8 +246,10 @@ mod tests {
             sunset: sunset.map(Into::into),
             link: None,
         };
-        assert!(Deprecation::build(&cfg(None, None)).is_err());
-        assert!(Deprecation::build(&cfg(Some("2026-02-01"), Some("2026-01-01"))).is_err());
-        assert!(Deprecation::build(&cfg(Some("soon"), None)).is_err());
+        crate::policy::test_cx(|cx| {
+            assert!(Deprecation::build(&cfg(None, None), cx).is_err());
+            assert!(Deprecation::build(&cfg(Some("2026-02-01"), Some("2026-01-01")), cx).is_err());
+            assert!(Deprecation::build(&cfg(Some("soon"), None), cx).is_err());
+        });
     }
 }

@@ -9,8 +9,11 @@
 //!
 //! Adding a policy = its own file + one line in the registry.
 
+pub mod authenticate;
+pub mod authorize;
 pub mod concurrency_limit;
 pub mod deprecation;
+pub mod ip_filter;
 pub mod rate_limit;
 
 use crate::body::Body;
@@ -41,8 +44,12 @@ pub struct Ctx {
     pub target: Option<Arc<str>>,
     /// Time from sending upstream until the response headers came back.
     pub upstream_latency: Option<std::time::Duration>,
+    /// Who the caller is, once `authenticate` accepted them.
+    pub identity: Option<crate::auth::Identity>,
+    /// The client certificate the TLS handshake verified (mTLS listeners).
+    pub client_cert: Option<Arc<crate::auth::mtls::ClientCert>>,
     /// The caller's consumer name, for `consumer` rate-limit keys and a consumer's own
-    /// limits. The hook authentication (issue 4) fills; `None` = not known.
+    /// limits; set by `authenticate`. `None` = anonymous.
     pub consumer: Option<Arc<str>>,
     /// The verified API key's identity (never the key itself), for `api_key` rate-limit
     /// keys. Filled by authentication like `consumer`.
@@ -50,6 +57,8 @@ pub struct Ctx {
     /// Traffic control's per-request state: rate-limit results for the response headers and
     /// in-flight permits held until the response body ends.
     pub traffic: rate_limit::Traffic,
+    /// The request's trace context when tracing is on; upstream tries are its child spans.
+    pub trace: Option<crate::observe::trace::RequestTrace>,
 }
 
 impl Ctx {
@@ -85,17 +94,66 @@ pub trait Policy: Send + Sync + 'static {
     }
 }
 
-/// Building a policy from its config at compile time. Errors are messages for the
-/// diagnostic at the policy's config path.
+/// What a policy may look at while it is built, besides its own config.
+pub struct BuildCx<'a> {
+    /// Consumers and identity providers (`consumers:`, `auth:`).
+    pub auth: &'a crate::auth::Registry,
+    /// Every policy of the route (e.g. `authorize` needs an `authenticate`).
+    pub route: &'a [PolicyConfig],
+    /// The route's name, params and the long-lived state (rate limits).
+    pub env: &'a BuildEnv<'a>,
+}
+
+/// Why a policy could not be built: messages, each at a field below the policy's config path
+/// (`""` for the policy itself, `"[2]"`, `".allow[0]"`).
+#[derive(Debug, Default)]
+pub struct BuildError(pub Vec<(String, String)>);
+
+impl BuildError {
+    pub fn at(field: impl Into<String>, msg: impl Into<String>) -> BuildError {
+        BuildError(vec![(field.into(), msg.into())])
+    }
+}
+
+impl From<String> for BuildError {
+    /// Messages made by [`field_error`] point at their field.
+    fn from(msg: String) -> Self {
+        match split_field_error(&msg) {
+            (Some(field), m) => BuildError::at(format!(".{field}"), m),
+            (None, m) => BuildError::at("", m),
+        }
+    }
+}
+
+impl From<&str> for BuildError {
+    fn from(msg: &str) -> Self {
+        BuildError::at("", msg)
+    }
+}
+
+/// A `BuildCx` with nothing configured, for unit tests of policies.
+#[cfg(test)]
+pub fn test_cx<R>(f: impl FnOnce(&BuildCx<'_>) -> R) -> R {
+    let auth = crate::auth::Registry::empty();
+    let slot = crate::state::StateSlot::default();
+    let consumer_limits = Arc::new(rate_limit::ConsumerLimits::new());
+    let env = BuildEnv {
+        route: "",
+        params: &[],
+        state: &slot,
+        consumer_limits: &consumer_limits,
+    };
+    f(&BuildCx {
+        auth: &auth,
+        route: &[],
+        env: &env,
+    })
+}
+
+/// Building a policy from its config at compile time.
 pub trait Build: Sized {
     type Config;
-    fn build(cfg: &Self::Config) -> Result<Self, String>;
-
-    /// Building with what lies outside the policy's own config (shared state, the route).
-    /// Policies that need nothing of it implement only [`Build::build`].
-    fn build_in(cfg: &Self::Config, _env: &BuildEnv<'_>) -> Result<Self, String> {
-        Self::build(cfg)
-    }
+    fn build(cfg: &Self::Config, cx: &BuildCx<'_>) -> Result<Self, BuildError>;
 }
 
 /// What a policy may use besides its own config when it is built.
@@ -149,8 +207,8 @@ macro_rules! policies {
             fn phase(&self) -> usize {
                 ORDER.iter().position(|k| *k == self.key()).unwrap_or(usize::MAX)
             }
-            pub fn build(&self, env: &BuildEnv<'_>) -> Result<AnyPolicy, String> {
-                match self { $( PolicyConfig::$variant(c) => Ok(AnyPolicy::$variant(<$ty as Build>::build_in(c, env)?)), )* }
+            pub fn build(&self, cx: &BuildCx<'_>) -> Result<AnyPolicy, BuildError> {
+                match self { $( PolicyConfig::$variant(c) => Ok(AnyPolicy::$variant(<$ty as Build>::build(c, cx)?)), )* }
             }
         }
 
@@ -166,8 +224,16 @@ macro_rules! policies {
 }
 
 policies! {
-    // Lifecycle first: a retired API answers 410 before anything else spends work on it.
+    // Address filtering first: a refused network gets a 403 and nothing else, not even the
+    // lifecycle headers, and it costs the least.
+    IpFilter = "ip_filter" => ip_filter::IpFilter,
+    // Lifecycle next: a retired API answers 410 to everyone before any credential check
+    // spends work (argon2, JWKS fetches, introspection calls) on it; 401s of a deprecated
+    // route still carry its Deprecation/Sunset headers.
     Deprecation = "deprecation" => deprecation::Deprecation,
+    // Who is calling, then what they may do.
+    Authenticate = "authenticate" => authenticate::Authenticate,
+    Authorize = "authorize" => authorize::Authorize,
     // Traffic control after identity (authentication/authorization go before this line), so
     // that `consumer` keys see the caller; rate limits before concurrency limits, so that a
     // refused request never takes an in-flight slot.

@@ -26,7 +26,7 @@
 //! two different callers can share a key by sending crafted values.
 
 use super::concurrency_limit::Held;
-use super::{field_error, Build, BuildEnv, Ctx, Flow, Policy};
+use super::{field_error, Build, BuildCx, BuildEnv, BuildError, Ctx, Flow, Policy};
 use crate::body::{self, Body};
 use crate::config::traffic::{LimitConfig, RateLimitConfig};
 use crate::config::OneOrMany;
@@ -494,9 +494,16 @@ pub struct RateLimit {
 impl Build for RateLimit {
     type Config = RateLimitConfig;
 
+    fn build(cfg: &RateLimitConfig, cx: &BuildCx<'_>) -> Result<Self, BuildError> {
+        Self::build_in(cfg, cx.env).map_err(BuildError::from)
+    }
+}
+
+impl RateLimit {
     /// Without a build environment: a private memory store, no route scope, no consumers
     /// (unit tests).
-    fn build(cfg: &RateLimitConfig) -> Result<Self, String> {
+    /// Built alone: a private memory store, no route scope, no consumers (unit tests).
+    pub fn build_alone(cfg: &RateLimitConfig) -> Result<Self, String> {
         let slot = StateSlot::default();
         let consumers = Arc::new(ConsumerLimits::new());
         Self::build_in(
@@ -510,7 +517,7 @@ impl Build for RateLimit {
         )
     }
 
-    fn build_in(cfg: &RateLimitConfig, env: &BuildEnv<'_>) -> Result<Self, String> {
+    pub fn build_in(cfg: &RateLimitConfig, env: &BuildEnv<'_>) -> Result<Self, String> {
         let policy_key = KeySpec::parse(cfg.key.as_ref(), "key", env.params)?;
         let mut drafts = Vec::new();
         if cfg.limits.is_empty() {
@@ -688,6 +695,7 @@ impl Policy for RateLimit {
             .filter(|(_, d)| !d.allowed && !d.retry_after.is_zero())
             .max_by_key(|(_, d)| d.retry_after)
         {
+            crate::observe::metrics::rate_limited(&cx.route_name);
             return Err(GatewayError::RateLimited {
                 policy: l.name.to_string(),
                 retry_after: ceil_secs(d.retry_after).max(1),
@@ -840,9 +848,12 @@ mod tests {
             path: "/".into(),
             target: None,
             upstream_latency: None,
+            identity: None,
+            client_cert: None,
             consumer: None,
             api_key: None,
             traffic: Default::default(),
+            trace: None,
         }
     }
 
@@ -934,7 +945,7 @@ mod tests {
     #[test]
     fn config_errors_name_the_field() {
         let err = |c: RateLimitConfig| {
-            let e = RateLimit::build(&c).err().expect("an error");
+            let e = RateLimit::build_alone(&c).err().expect("an error");
             let (f, m) = super::super::split_field_error(&e);
             (f.unwrap_or("").to_owned(), m.to_owned())
         };
@@ -991,7 +1002,7 @@ mod tests {
     fn policy_header_values() {
         let mut c = cfg(&["ip"], 10, 1);
         c.burst = Some(20);
-        let p = RateLimit::build(&c).unwrap();
+        let p = RateLimit::build_alone(&c).unwrap();
         assert_eq!(p.own.policy_header, "\"10-per-1s\";q=20;w=2");
         let c = RateLimitConfig {
             limits: vec![
@@ -1015,7 +1026,7 @@ mod tests {
             headers: true,
             ..Default::default()
         };
-        let p = RateLimit::build(&c).unwrap();
+        let p = RateLimit::build_alone(&c).unwrap();
         assert_eq!(
             p.own.policy_header,
             "\"10-per-1s\";q=10;w=1, \"daily\";q=10000;w=86400"
@@ -1036,7 +1047,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn headers_and_429() {
-        let p = RateLimit::build(&cfg(&["ip"], 2, 10)).unwrap();
+        let p = RateLimit::build_alone(&cfg(&["ip"], 2, 10)).unwrap();
         let mut c = cx();
         let (s, h) = run(&p, &mut c).await;
         assert_eq!(s, 200);
@@ -1057,7 +1068,7 @@ mod tests {
     async fn headers_can_be_switched_off() {
         let mut c = cfg(&["ip"], 1, 10);
         c.headers = false;
-        let p = RateLimit::build(&c).unwrap();
+        let p = RateLimit::build_alone(&c).unwrap();
         let mut cx = cx();
         let (_, h) = run(&p, &mut cx).await;
         assert!(h.get("ratelimit").is_none() && h.get("x-ratelimit-limit").is_none());

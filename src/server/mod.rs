@@ -10,12 +10,17 @@
 //!   socket; removed ones stop accepting and their connections drain.
 //! - Shutdown stops every accept loop and waits up to `server.shutdown_grace` for in-flight
 //!   requests.
+//! - Long-lived across reloads, next to the pools: the metrics registry (per-route handles are
+//!   resolved into each new snapshot at install), the access-log sinks (reopened on SIGUSR1)
+//!   and the tracer (restarted only when `tracing` changes).
 
 pub mod tls;
 
 use crate::compile::{self, CompileEnv, Gateway};
 use crate::config::Diagnostics;
 use crate::observe::access_log::Sink;
+use crate::observe::metrics::{ListenerMetrics, Metrics};
+use crate::observe::trace::Tracer;
 use crate::proxy::{self, ConnInfo, Snapshot};
 use crate::upstream::Pools;
 use arc_swap::ArcSwap;
@@ -124,6 +129,9 @@ struct State {
     reload_lock: tokio::sync::Mutex<()>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    metrics: Arc<Metrics>,
+    tracer: Mutex<Option<Tracer>>,
+    started_at: std::time::SystemTime,
 }
 
 /// A handle on a started server.
@@ -142,11 +150,15 @@ pub async fn start(opts: Options) -> Result<ServerHandle, StartError> {
             .await
             .expect("compile does not panic")?
     };
+    let metrics = Arc::new(Metrics::new());
+    let placeholder = empty_gateway(&gw);
     let state = Arc::new(State {
         current: ArcSwap::from_pointee(Snapshot {
-            gateway: empty_gateway(&gw),
+            metrics: metrics.install(&placeholder, 0),
+            gateway: placeholder,
             log: None,
             generation: 0,
+            tracer: None,
         }),
         source,
         pools,
@@ -158,8 +170,12 @@ pub async fn start(opts: Options) -> Result<ServerHandle, StartError> {
         reload_lock: tokio::sync::Mutex::new(()),
         reloads_ok: AtomicU64::new(0),
         reloads_failed: AtomicU64::new(0),
+        metrics,
+        tracer: Mutex::new(None),
+        started_at: std::time::SystemTime::now(),
     });
     let handle = ServerHandle { state };
+    spawn_sigusr1();
     handle.install(gw).await?;
     if opts.watch {
         if let ConfigSource::File(p) = &opts.source {
@@ -188,9 +204,11 @@ fn empty_gateway(gw: &Gateway) -> Gateway {
             shutdown_grace: gw.settings.shutdown_grace,
             via: None,
             access_log: Default::default(),
+            tracing: None,
         },
         workers: None,
         source: gw.source.clone(),
+        auth: gw.auth.clone(),
         state: Default::default(),
     }
 }
@@ -253,6 +271,7 @@ impl ServerHandle {
             Ok(gw) => self.install(gw).await,
             Err(d) => Err(StartError::Config(d)),
         };
+        self.state.metrics.reloaded(result.is_ok());
         match &result {
             Ok(()) => {
                 self.state.reloads_ok.fetch_add(1, Ordering::Relaxed);
@@ -311,17 +330,33 @@ impl ServerHandle {
                 }
             }
         };
+        // Discovered upstreams that were never resolved get their targets before serving.
+        st.pools.prepare(&gw.upstreams).await;
         gw.state.bind(&st.stores);
         let old_workers = st.current.load().gateway.workers;
         let generation = st.generation.fetch_add(1, Ordering::Relaxed) + 1;
         if generation > 1 && old_workers != gw.workers {
             tracing::warn!("`workers` changed; it takes effect at the next restart");
         }
+        // The exporter task is kept while the tracing settings stay the same.
+        let tracer = {
+            let mut t = st.tracer.lock().unwrap_or_else(|e| e.into_inner());
+            match &gw.settings.tracing {
+                None => *t = None,
+                Some(ts) if t.as_ref().is_some_and(|x| x.settings() == ts) => {}
+                Some(ts) => *t = Some(Tracer::start(ts.clone())),
+            }
+            t.clone()
+        };
         st.current.store(Arc::new(Snapshot {
+            metrics: st.metrics.install(&gw, generation),
             gateway: gw,
             log,
             generation,
+            tracer,
         }));
+        // Health checks and discovery follow the new config; removed upstreams' tasks stop.
+        st.pools.activate(&st.current.load().gateway.upstreams);
         // Start the new accept loops, stop the removed ones.
         let mut running = st.running.lock().unwrap_or_else(|e| e.into_inner());
         for ((kind, key), listener) in fresh {
@@ -353,6 +388,7 @@ impl ServerHandle {
     }
 
     pub async fn shutdown_within(&self, grace: Duration) -> bool {
+        self.state.pools.stop();
         {
             let mut running = self.state.running.lock().unwrap_or_else(|e| e.into_inner());
             for (_, r) in running.drain() {
@@ -374,6 +410,17 @@ impl ServerHandle {
     /// The current route table (for the admin listener and `portcullis routes`).
     pub fn route_table(&self) -> String {
         self.state.current.load().gateway.route_table()
+    }
+
+    /// Every upstream's live state: targets with health, in-flight and last error, the
+    /// breaker, bulkhead, retry budget and discovery (admin `GET /upstreams`, metrics).
+    pub fn upstream_states(&self) -> Vec<crate::upstream::state::UpstreamStatus> {
+        self.snapshot()
+            .gateway
+            .upstreams
+            .values()
+            .map(|u| u.status())
+            .collect()
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -411,6 +458,10 @@ async fn accept_loop(
             return;
         }
     };
+    let conns: ListenerMetrics = handle.state.metrics.listener(match kind {
+        Kind::Proxy => &key,
+        Kind::Admin => "admin",
+    });
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -419,7 +470,11 @@ async fn accept_loop(
                     let _ = stream.set_nodelay(true);
                     let h = handle.clone();
                     let key = key.clone();
-                    tokio::spawn(async move { serve_connection(h, kind, key, stream, peer).await });
+                    let open = conns.connection();
+                    tokio::spawn(async move {
+                        serve_connection(h, kind, key, stream, peer).await;
+                        drop(open);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -458,7 +513,11 @@ async fn serve_connection(
                 handle,
                 kind,
                 TokioIo::new(stream),
-                ConnInfo { peer, tls: false },
+                ConnInfo {
+                    peer,
+                    tls: false,
+                    client_cert: None,
+                },
                 max_header,
             )
             .await
@@ -467,11 +526,23 @@ async fn serve_connection(
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => {
+                    // mTLS: rustls verified the chain; read the leaf once per connection.
+                    let client_cert = s
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| crate::auth::mtls::ClientCert::parse(c.as_ref()))
+                        .map(Arc::new);
                     serve_io(
                         handle,
                         kind,
                         TokioIo::new(s),
-                        ConnInfo { peer, tls: true },
+                        ConnInfo {
+                            peer,
+                            tls: true,
+                            client_cert,
+                        },
                         max_header,
                     )
                     .await
@@ -488,9 +559,11 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let h = handle.clone();
+    let peer = conn.peer;
     let svc = service_fn(move |req| {
         let snap = h.snapshot();
         let h = h.clone();
+        let conn = conn.clone();
         async move {
             Ok::<_, Infallible>(match kind {
                 Kind::Proxy => proxy::handle(snap, conn, req).await,
@@ -526,7 +599,7 @@ where
         }
     };
     if let Err(e) = watched.await {
-        tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
@@ -586,6 +659,30 @@ fn spawn_watcher(handle: ServerHandle, path: PathBuf) {
     });
 }
 
+/// SIGUSR1 reopens access-log files (log rotation). Registered before `start` returns, so
+/// the signal never falls through to its default action (exit). Every server registers its
+/// own listener on its own runtime (tests run several runtimes in one process); the
+/// reopening itself is process-wide and idempotent.
+fn spawn_sigusr1() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::user_defined1()) {
+            Ok(mut usr1) => {
+                tokio::spawn(async move {
+                    while usr1.recv().await.is_some() {
+                        tracing::info!("SIGUSR1: reopening access-log files");
+                        crate::observe::access_log::reopen_all();
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGUSR1; access-log files will not be reopened")
+            }
+        }
+    }
+}
+
 fn spawn_sighup(handle: ServerHandle) {
     #[cfg(unix)]
     {
@@ -606,19 +703,42 @@ fn spawn_sighup(handle: ServerHandle) {
 }
 
 impl ServerHandle {
-    /// Status facts for the admin listener.
-    pub fn status(&self) -> serde_json::Value {
-        let snap = self.snapshot();
-        let (ok, failed) = self.reload_counts();
-        serde_json::json!({
-            "status": "ok",
-            "version": env!("CARGO_PKG_VERSION"),
-            "config_generation": snap.generation,
-            "reloads": { "ok": ok, "failed": failed },
-            "routes": snap.gateway.routes.len(),
-            "upstreams": snap.gateway.upstreams.keys().collect::<Vec<_>>(),
-            "listeners": self.addrs().into_iter().map(|(n, a)| serde_json::json!({"name": n, "addr": a.to_string()})).collect::<Vec<_>>(),
-            "access_log_dropped": snap.log.as_ref().map_or(0, |l| l.dropped()),
-        })
+    /// Time since [`start`].
+    pub fn uptime(&self) -> Duration {
+        self.state.started_at.elapsed().unwrap_or_default()
+    }
+
+    /// The server's metrics registry (long-lived; survives reloads).
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    /// The running snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot()
+    }
+
+    /// Compiles a candidate config without touching the running one: nothing is bound, and
+    /// connection pools are throwaway ones. Relative paths resolve against the running
+    /// config's directory.
+    pub fn validate(&self, name: &str, text: &str) -> Result<Gateway, Diagnostics> {
+        let pools = Pools::default();
+        let (base_dir, vars) = match &self.state.source {
+            ConfigSource::File(p) => (
+                p.parent().map(PathBuf::from).unwrap_or_default(),
+                HashMap::new(),
+            ),
+            ConfigSource::Inline { vars, .. } => (PathBuf::from("."), vars.clone()),
+        };
+        let env = |k: &str| vars.get(k).cloned().or_else(|| std::env::var(k).ok());
+        compile::load_and_compile_str(
+            name,
+            text,
+            &env,
+            &CompileEnv {
+                base_dir,
+                pools: &pools,
+            },
+        )
     }
 }

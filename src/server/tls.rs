@@ -5,8 +5,13 @@
 //! certificate is a file change plus SIGHUP). SNI selection uses the DNS names of each
 //! certificate's subjectAltName (or its CN when it has none): an exact name first, then a
 //! wildcard (`*.example.com` covers one label), then the first certificate.
+//!
+//! mTLS: with `client_ca`, client certificates are verified against those CAs during the
+//! handshake (`client_auth: required`, the default, refuses a handshake without one;
+//! `optional` lets it through, and routes decide with `authenticate: [mtls]`). A presented
+//! certificate that does not verify always fails the handshake.
 
-use crate::config::TlsConfig;
+use crate::config::{ClientAuth, TlsConfig};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -94,6 +99,55 @@ fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+type Verifier = Arc<dyn rustls::server::danger::ClientCertVerifier>;
+
+/// The client-certificate verifier of an mTLS listener (`client_ca`), if any.
+fn client_verifier(
+    tls: &TlsConfig,
+    base: &Path,
+) -> Result<Option<Verifier>, Vec<(String, String)>> {
+    let err = |field: &str, msg: String| vec![(field.to_owned(), msg)];
+    let Some(ca) = &tls.client_ca else {
+        if tls.client_auth.is_some() {
+            return Err(err(
+                "client_auth",
+                "`client_auth` needs `client_ca`, the CAs client certificates must chain to".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let path = base.join(ca);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+        .map_err(|e| err("client_ca", format!("cannot read {}: {e}", path.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err("client_ca", format!("bad PEM in {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(err(
+            "client_ca",
+            format!("no CERTIFICATE block in {}", path.display()),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs {
+        roots.add(c).map_err(|e| {
+            err(
+                "client_ca",
+                format!("unusable CA certificate in {}: {e}", path.display()),
+            )
+        })?;
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let builder = match tls.client_auth.unwrap_or(ClientAuth::Required) {
+        ClientAuth::Required => builder,
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+    };
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| err("client_ca", e.to_string()))
+}
+
 /// Builds the rustls config of a listener. Relative paths are taken from `base`, the config
 /// file's directory. Errors are (field suffix, message).
 pub fn server_config(
@@ -136,6 +190,13 @@ pub fn server_config(
             Err(e) => errors.push((format!("{prefix}cert"), e)),
         }
     }
+    let client_verifier = match client_verifier(tls, base) {
+        Ok(v) => v,
+        Err(mut e) => {
+            errors.append(&mut e);
+            None
+        }
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -144,11 +205,14 @@ pub fn server_config(
         wildcard,
         default: default.expect("at least one pair loaded"),
     };
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| vec![(String::new(), e.to_string())])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|e| vec![(String::new(), e.to_string())])?;
+    let builder = match client_verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
