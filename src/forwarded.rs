@@ -39,6 +39,9 @@ pub fn strip_hop_by_hop(
     protected: &[HeaderName],
     request_id: &HeaderName,
 ) {
+    if !has_hop_by_hop(headers) {
+        return;
+    }
     for name in connection_listed(headers) {
         if !protected.contains(&name) && !gateway_owned(&name, request_id) {
             headers.remove(&name);
@@ -48,6 +51,15 @@ pub fn strip_hop_by_hop(
         headers.remove(h);
     }
     headers.remove(header::UPGRADE);
+}
+
+/// Whether any hop-by-hop header is present. Most messages carry none: one pass over their
+/// few names (standard names compare as enum tags) is far cheaper than nine hashed removes.
+/// Names listed in `Connection` need a `Connection` header, which is itself hop-by-hop.
+fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k))
 }
 
 /// Header names listed in every `Connection` header, without `close` and `keep-alive`.
@@ -71,6 +83,9 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// Removes hop-by-hop headers from an upstream response.
 pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
+    if !has_hop_by_hop(headers) {
+        return;
+    }
     for n in connection_listed(headers) {
         headers.remove(n);
     }
@@ -115,31 +130,36 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
         .unwrap_or(peer)
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host` for the upstream request.
+/// The peer's address as an `X-Forwarded-For` entry (IPv4-mapped IPv6 as IPv4). Built once
+/// per connection, so forwarding a request formats no address.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&canonical(peer).to_string()).expect("an IP address is a header value")
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` for the upstream request. `peer` is
+/// [`peer_value`] of the connection's peer.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     peer_trusted: bool,
     tls: bool,
     original_host: Option<&HeaderValue>,
 ) {
-    let peer = canonical(peer);
-    let peer_s = peer.to_string();
-    let xff = if peer_trusted {
+    let prior = if peer_trusted {
         let prior: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        if prior.is_empty() {
-            peer_s
-        } else {
-            format!("{}, {peer_s}", prior.join(", "))
-        }
+        (!prior.is_empty()).then(|| prior.join(", "))
     } else {
-        peer_s
+        None
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let xff = match prior {
+        None => Some(peer.clone()),
+        Some(p) => HeaderValue::from_str(&format!("{p}, {}", peer.to_str().unwrap_or(""))).ok(),
+    };
+    if let Some(v) = xff {
         headers.insert(&X_FORWARDED_FOR, v);
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -209,7 +229,7 @@ mod tests {
         let host = HeaderValue::from_static("api.example.com");
         set_forwarded(
             &mut h,
-            "1.2.3.4".parse().unwrap(),
+            &peer_value("1.2.3.4".parse().unwrap()),
             false,
             false,
             Some(&host),
@@ -220,7 +240,13 @@ mod tests {
 
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
-        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, true, None);
+        set_forwarded(
+            &mut h,
+            &peer_value("::ffff:10.0.0.1".parse().unwrap()),
+            true,
+            true,
+            None,
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "6.6.6.6, 10.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
     }

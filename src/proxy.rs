@@ -48,6 +48,8 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// `peer`'s address as an `X-Forwarded-For` entry ([`forwarded::peer_value`]).
+    pub peer_value: HeaderValue,
     pub tls: bool,
     /// The client certificate verified in the TLS handshake, parsed once per connection.
     pub client_cert: Option<Arc<crate::auth::mtls::ClientCert>>,
@@ -102,7 +104,7 @@ where
         trace: snap.tracer.as_ref().map(|t| t.start_request(req.headers())),
     };
     let peer = Peer {
-        ip: conn.peer.ip(),
+        xff: conn.peer_value.clone(),
         trusted: peer_trusted,
         tls: conn.tls,
     };

@@ -38,7 +38,6 @@ use bytes::Bytes;
 use http::{header, uri, HeaderMap, HeaderValue, Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -48,7 +47,9 @@ use tokio::sync::OwnedSemaphorePermit;
 
 /// Facts about the client connection the forwarder needs.
 pub struct Peer {
-    pub ip: IpAddr,
+    /// The connection peer's address as an `X-Forwarded-For` entry, formatted once per
+    /// connection.
+    pub xff: HeaderValue,
     pub trusted: bool,
     pub tls: bool,
 }
@@ -155,7 +156,7 @@ pub async fn forward(
     );
     forwarded::set_forwarded(
         &mut parts.headers,
-        peer.ip,
+        &peer.xff,
         peer.trusted,
         peer.tls,
         original_host.as_ref(),

@@ -515,6 +515,7 @@ async fn serve_connection(
                 TokioIo::new(stream),
                 ConnInfo {
                     peer,
+                    peer_value: crate::forwarded::peer_value(peer.ip()),
                     tls: false,
                     client_cert: None,
                 },
@@ -540,6 +541,7 @@ async fn serve_connection(
                         TokioIo::new(s),
                         ConnInfo {
                             peer,
+                            peer_value: crate::forwarded::peer_value(peer.ip()),
                             tls: true,
                             client_cert,
                         },
