@@ -39,27 +39,45 @@ pub fn strip_hop_by_hop(
     protected: &[HeaderName],
     request_id: &HeaderName,
 ) {
-    if !has_hop_by_hop(headers) {
+    let present = hop_by_hop_present(headers);
+    if present == 0 {
         return;
     }
-    for name in connection_listed(headers) {
-        if !protected.contains(&name) && !gateway_owned(&name, request_id) {
-            headers.remove(&name);
+    if present & 1 != 0 {
+        for name in connection_listed(headers) {
+            if !protected.contains(&name) && !gateway_owned(&name, request_id) {
+                headers.remove(&name);
+            }
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
-    }
-    headers.remove(header::UPGRADE);
+    remove_present(headers, present);
 }
 
-/// Whether any hop-by-hop header is present. Most messages carry none: one pass over their
-/// few names (standard names compare as enum tags) is far cheaper than nine hashed removes.
-/// Names listed in `Connection` need a `Connection` header, which is itself hop-by-hop.
-fn has_hop_by_hop(headers: &HeaderMap) -> bool {
-    headers
-        .keys()
-        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k))
+/// Which hop-by-hop headers are present: bit `i` for `HOP_BY_HOP[i]` (bit 0 is
+/// `Connection`), bit 8 for `Upgrade`. One pass over a message's few names (standard names
+/// compare as enum tags) instead of nine hashed removes; most messages carry none, or only
+/// `Connection: keep-alive`.
+fn hop_by_hop_present(headers: &HeaderMap) -> u16 {
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if k == header::UPGRADE {
+            present |= 1 << 8;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
+    }
+    present
+}
+
+fn remove_present(headers: &mut HeaderMap, present: u16) {
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
+    }
+    if present & (1 << 8) != 0 {
+        headers.remove(header::UPGRADE);
+    }
 }
 
 /// Header names listed in every `Connection` header, without `close` and `keep-alive`.
@@ -83,16 +101,16 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// Removes hop-by-hop headers from an upstream response.
 pub fn strip_response_hop_by_hop(headers: &mut HeaderMap) {
-    if !has_hop_by_hop(headers) {
+    let present = hop_by_hop_present(headers);
+    if present == 0 {
         return;
     }
-    for n in connection_listed(headers) {
-        headers.remove(n);
+    if present & 1 != 0 {
+        for n in connection_listed(headers) {
+            headers.remove(n);
+        }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
-    }
-    headers.remove(header::UPGRADE);
+    remove_present(headers, present);
 }
 
 pub fn is_trusted(ip: IpAddr, trusted: &[ipnet::IpNet]) -> bool {
@@ -275,6 +293,28 @@ mod tests {
         assert!(!h.contains_key("x-custom"));
         assert!(!h.contains_key(header::CONNECTION));
         assert!(!h.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn response_hop_by_hop_goes_and_the_rest_stays() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-hop".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(header::TRAILER, "x-t".parse().unwrap());
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        strip_response_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::CONTENT_TYPE));
+
+        // Nothing hop-by-hop: untouched.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        let before = h.clone();
+        strip_response_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::forwarded;
 use crate::observe::trace::TryOutcome;
 use crate::policy::Ctx;
 use crate::upstream::breaker::{Admit, Breaker};
+use crate::upstream::h1pool::{Pooled, SendError};
 use crate::upstream::retry::Failure;
 use crate::upstream::state::{TargetState, UpstreamState};
 use crate::upstream::window::now_ms;
@@ -94,7 +95,7 @@ impl ReqBody {
 
 /// What came of one try.
 enum Outcome {
-    Response(Response<hyper::body::Incoming>),
+    Response(Response<Pooled>),
     Failed(Failure, GatewayError),
 }
 
@@ -254,12 +255,21 @@ pub async fn forward(
         };
         let t = &set.targets[idx];
         cx.target = Some(t.target.label.clone());
+        let pooled = up.h1.filter(|_| t.target.scheme == uri::Scheme::HTTP);
+        // Without a retry policy this is the only try: the headers move instead of copying.
+        let headers = if retry.is_none() {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
         let mut request = build_request(
             &parts,
+            headers,
             &path_and_query,
             t,
             version,
             keep_host,
+            pooled.is_some(),
             req_body.take(),
         )?;
         // Each try is its own span; the upstream sees it as its parent.
@@ -271,11 +281,28 @@ pub async fn forward(
         let remaining = deadline.saturating_duration_since(Instant::now());
         let limit = try_limit(per_try, remaining);
         let guard = InFlight::new(t.state.clone(), up.state.clone());
-        let result = tokio::time::timeout(limit, up.client.request(request)).await;
+        let result = match pooled {
+            Some(settings) => {
+                let send = t
+                    .state
+                    .pool
+                    .send(t.target.authority.as_str(), request, &settings);
+                match tokio::time::timeout(limit, send).await {
+                    Ok(Ok(res)) => Ok(Ok(res)),
+                    Ok(Err(e)) => Ok(Err(classify(&e, e.is_connect(), up))),
+                    Err(elapsed) => Err(elapsed),
+                }
+            }
+            None => match tokio::time::timeout(limit, up.client.request(request)).await {
+                Ok(Ok(res)) => Ok(Ok(res.map(Pooled::detached))),
+                Ok(Err(e)) => Ok(Err(classify(&e, e.is_connect(), up))),
+                Err(elapsed) => Err(elapsed),
+            },
+        };
         cx.upstream_latency = Some(started.elapsed());
         let outcome = match result {
             Ok(Ok(res)) => Outcome::Response(res),
-            Ok(Err(e)) => match classify(&e, up) {
+            Ok(Err(classified)) => match classified {
                 Err(client_fault) => return Err(client_fault),
                 Ok((f, err)) => Outcome::Failed(f, err),
             },
@@ -369,10 +396,12 @@ pub async fn forward(
 /// One try's request, aimed at target `t`.
 fn build_request(
     parts: &http::request::Parts,
+    mut headers: HeaderMap,
     path_and_query: &str,
     t: &TargetRt,
     version: Version,
     keep_host: bool,
+    origin_form: bool,
     body: Body,
 ) -> Result<Request<Body>, GatewayError> {
     let target = &t.target;
@@ -382,15 +411,20 @@ fn build_request(
         format!("{}{path_and_query}", target.base_path).parse()
     }
     .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
-    let uri = Uri::from_parts({
-        let mut u = uri::Parts::default();
-        u.scheme = Some(target.scheme.clone());
-        u.authority = Some(target.authority.clone());
-        u.path_and_query = Some(pq);
-        u
-    })
-    .map_err(|_| GatewayError::Internal)?;
-    let mut headers: HeaderMap = parts.headers.clone();
+    // The pooled client picks its connection by the absolute URI and writes origin-form
+    // itself; a connection of our own pool is already the target's, so origin-form here.
+    let uri = if origin_form {
+        Uri::from(pq)
+    } else {
+        Uri::from_parts({
+            let mut u = uri::Parts::default();
+            u.scheme = Some(target.scheme.clone());
+            u.authority = Some(target.authority.clone());
+            u.path_and_query = Some(pq);
+            u
+        })
+        .map_err(|_| GatewayError::Internal)?
+    };
     if version == Version::HTTP_2 {
         // h2 carries the authority in :authority; a Host header too would be redundant.
         headers.remove(header::HOST);
@@ -406,7 +440,7 @@ fn build_request(
 }
 
 fn finish(
-    res: Response<hyper::body::Incoming>,
+    res: Response<Pooled>,
     settings: &Settings,
     guard: InFlight,
     permit: Option<OwnedSemaphorePermit>,
@@ -434,15 +468,20 @@ fn finish(
     )
 }
 
-/// Maps a client error to a retry condition and what the user should hear. A body cut by
-/// our own size limit is the client's fault (413), not the upstream's: `Err`, never retried.
+/// Maps a client error (the pooled client's, or our pool's) to a retry condition and what
+/// the user should hear. A body cut by our own size limit is the client's fault (413), not
+/// the upstream's: `Err`, never retried.
 fn classify(
-    e: &hyper_util::client::legacy::Error,
+    e: &(dyn std::error::Error + 'static),
+    is_connect: bool,
     up: &Upstream,
 ) -> Result<(Failure, GatewayError), GatewayError> {
     let upstream = up.name.to_string();
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    let mut timed_out = false;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut timed_out = matches!(
+        e.downcast_ref::<SendError>(),
+        Some(SendError::ConnectTimeout { .. })
+    );
     while let Some(s) = source {
         if let Some(tl) = s.downcast_ref::<crate::body::TooLarge>() {
             return Err(GatewayError::BodyTooLarge { limit: tl.0 });
@@ -454,7 +493,7 @@ fn classify(
         }
         source = s.source();
     }
-    Ok(if e.is_connect() {
+    Ok(if is_connect {
         tracing::debug!(upstream = %up.name, error = %e, "connecting upstream failed");
         if timed_out {
             (
@@ -497,7 +536,7 @@ pin_project_lite::pin_project! {
     /// permit until it is done or dropped.
     struct Tracked {
         #[pin]
-        inner: hyper::body::Incoming,
+        inner: Pooled,
         _guard: InFlight,
         _permit: Option<OwnedSemaphorePermit>,
     }

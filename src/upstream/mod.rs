@@ -29,6 +29,7 @@ pub mod breaker;
 pub mod bulkhead;
 pub mod discovery;
 pub mod dns;
+pub mod h1pool;
 pub mod health;
 pub mod retry;
 pub mod state;
@@ -113,6 +114,9 @@ pub struct Upstream {
     pub name: Arc<str>,
     set: ArcSwap<TargetSet>,
     pub client: HttpClient,
+    /// `http://` targets of an HTTP/1.1 upstream go through their own keep-alive pool
+    /// ([`h1pool`]) with these settings; `https`, `h2` and `auto` use `client`.
+    pub h1: Option<h1pool::Settings>,
     pub protocol: UpstreamProtocol,
     pub connect_timeout: Duration,
     /// The total: until response headers, over all tries.
@@ -790,16 +794,23 @@ pub fn build(
         return Err(e.0);
     }
 
+    let idle_timeout = dur(cfg.idle_timeout, Duration::from_secs(90));
+    let max_idle = cfg.max_idle_per_target.unwrap_or(256);
     let client = pools.client(
         PoolKey {
             h2_only: cfg.protocol == UpstreamProtocol::Http2,
             connect_timeout,
-            idle_timeout: dur(cfg.idle_timeout, Duration::from_secs(90)),
-            max_idle: cfg.max_idle_per_target.unwrap_or(256),
+            idle_timeout,
+            max_idle,
             tls: tls.as_ref().map(|t| t.fingerprint),
         },
         tls.as_ref(),
     );
+    let h1 = (cfg.protocol == UpstreamProtocol::Http1).then_some(h1pool::Settings {
+        connect_timeout,
+        idle_timeout,
+        max_idle,
+    });
     let state = pools.state(name);
     let bulkhead = cfg.max_concurrent.map(|max| {
         let queue = cfg
@@ -828,6 +839,7 @@ pub fn build(
         name: name.into(),
         set: ArcSwap::from_pointee(set),
         client,
+        h1,
         protocol: cfg.protocol,
         connect_timeout,
         request_timeout,

@@ -39,6 +39,9 @@ pub struct TargetState {
     pub requests: AtomicU64,
     pub failures: AtomicU64,
     last_error: ArcSwapOption<LastError>,
+    /// Keep-alive connections for `http://` HTTP/1.1 targets; they outlive reloads with
+    /// the rest of this state.
+    pub pool: Arc<super::h1pool::Pool>,
 }
 
 #[derive(Debug)]
@@ -56,6 +59,7 @@ impl TargetState {
             failures: AtomicU64::new(0),
             health: Health::default(),
             last_error: ArcSwapOption::empty(),
+            pool: Arc::default(),
         }
     }
 
