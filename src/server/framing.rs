@@ -23,7 +23,9 @@
 //!   this reason", and the guard reads nothing more from the socket (nothing after a bad head
 //!   is ever interpreted). The service counts the requests it sees and answers request N
 //!   with the gateway's own problem+json and `Connection: close`; earlier pipelined requests
-//!   are answered first, in order, by hyper.
+//!   are answered first, in order, by hyper. On close the guard discards input for a moment
+//!   (a lingering close), so unread client bytes do not turn the close into a reset that
+//!   destroys the answer in flight.
 //! - Pass-through: HTTP/2 (ALPN h2, or the h2c preface at connection start), and everything
 //!   after an HTTP/1 request with `Upgrade` (HTTP/1.1) or method `CONNECT`, because what
 //!   follows such a request may not be HTTP/1 at all. On such a connection a later HTTP/1
