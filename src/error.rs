@@ -28,6 +28,8 @@ pub enum GatewayError {
     BodyTooLarge { limit: u64 },
     #[error("the request headers are larger than {limit} bytes")]
     HeadersTooLarge { limit: u64 },
+    #[error("the request target is too long")]
+    UriTooLong,
     #[error("{0}")]
     Gone(String),
     #[error("no target of upstream {upstream:?} is available")]
@@ -83,6 +85,7 @@ impl GatewayError {
             AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            UriTooLong => StatusCode::URI_TOO_LONG,
             Gone(_) => StatusCode::GONE,
             NoTarget { .. } | NoHealthyTarget { .. } | CircuitOpen { .. } | UpstreamBusy { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -116,6 +119,7 @@ impl GatewayError {
             AuthUnavailable => "identity-provider-unavailable",
             BodyTooLarge { .. } => "body-too-large",
             HeadersTooLarge { .. } => "headers-too-large",
+            UriTooLong => "uri-too-long",
             Gone(_) => "gone",
             NoTarget { .. } => "no-upstream-target",
             NoHealthyTarget { .. } => "no-healthy-target",
@@ -141,6 +145,7 @@ impl GatewayError {
             | ClientBody
             | BodyTooLarge { .. }
             | HeadersTooLarge { .. }
+            | UriTooLong
             | Gone(_)
             | Unauthorized { .. }
             | Forbidden { .. }

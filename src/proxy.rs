@@ -1,6 +1,7 @@
 //! The request pipeline, in one place and one order:
 //!
 //! ```text
+//! (HTTP/1: the connection's head guard may have refused the head already → 400/431/414)
 //! request id → head checks (size 431, duplicate credentials/Host, framing 400)
 //!   → normalise path (400) → route (404 / 405)
 //!   → request policies (registry order; may answer early)
@@ -68,6 +69,39 @@ where
     B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
 {
+    serve(snap, conn, req, None).await
+}
+
+/// Answers a request the connection's HTTP/1 head guard refused (`server/framing.rs`): `req`
+/// is the guard's synthetic stand-in, never routed or forwarded. The answer goes the way of
+/// every other early answer (request id, metrics, access-log line, span) and carries
+/// `Connection: close`, since nothing after a refused head can be trusted.
+pub async fn refuse<B>(
+    snap: Arc<Snapshot>,
+    conn: ConnInfo,
+    req: Request<B>,
+    error: GatewayError,
+) -> Response<Body>
+where
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
+    let mut res = serve(snap, conn, req, Some(error)).await;
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
+async fn serve<B>(
+    snap: Arc<Snapshot>,
+    conn: ConnInfo,
+    req: Request<B>,
+    refused: Option<GatewayError>,
+) -> Response<Body>
+where
+    B: HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
     let started = Instant::now();
     let time = SystemTime::now();
     let gw = &snap.gateway;
@@ -109,7 +143,10 @@ where
         tls: conn.tls,
     };
     let mut stats = None;
-    let res = pipeline(gw, &mut cx, &peer, &host, req, &mut stats).await;
+    let res = match refused {
+        Some(e) => Err(e),
+        None => pipeline(gw, &mut cx, &peer, &host, req, &mut stats).await,
+    };
     let mut res = match res {
         Ok(r) => r,
         Err(e) => {

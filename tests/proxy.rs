@@ -853,39 +853,157 @@ async fn duplicate_credentials_or_host_are_400() {
     assert_eq!(echo.hits(), 0);
 }
 
-/// hyper resolves a request with both Content-Length and Transfer-Encoding itself (RFC 9112
-/// §6.3: Transfer-Encoding wins, Content-Length is dropped) before the gateway sees it, so the
-/// gateway's own 400 for the pair does not fire over HTTP/1.1: the request is served (200),
-/// its body read as chunked, and the upstream gets Transfer-Encoding only.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn content_length_with_transfer_encoding_never_reaches_the_upstream_together() {
-    let echo = Upstream::echo().await;
-    let gw = Gateway::start(
+// ------------------------------------------------------------------------------- HTTP/1 framing
+
+/// A gateway routing everything to `echo`, with `server` settings.
+async fn echo_gateway(echo: &Upstream, server: &str) -> Gateway {
+    Gateway::start(format!(
         r#"
+        server: {{ {server} }}
         upstreams:
-          echo: { targets: [ { url: "$ECHO" } ] }
+          echo: {{ targets: [ {{ url: "{}" }} ] }}
         routes:
-          - match: {}
+          - match: {{}}
             upstream: echo
-        "#
-        .replace("$ECHO", &echo.url()),
-    )
-    .await;
+        "#,
+        echo.url()
+    ))
+    .await
+}
+
+/// The one answer to a refused head: the gateway's problem+json with `status` and `slug`,
+/// `Connection: close`, and the connection closed after it.
+fn assert_refused(c: &Conversation, status: u16, slug: &str, what: &str) {
+    let last = c
+        .responses
+        .last()
+        .unwrap_or_else(|| panic!("{what}: no response"));
+    assert_type(&last.problem(status), slug);
+    assert_eq!(last.header("connection"), Some("close"), "{what}");
+    assert!(c.closed, "{what}: the connection stayed open");
+}
+
+/// hyper used to resolve these before the gateway saw them (chunked winning over
+/// Content-Length, equal lengths merged, its own bare 400 for different ones). The head guard
+/// in front of hyper refuses every one with the gateway's 400, and nothing reaches the
+/// upstream: not the request, and not what was smuggled after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_is_400_problem_json_and_the_connection_closes() {
+    let echo = Upstream::echo().await;
+    let gw = echo_gateway(&echo, "").await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
     for framing in [
         "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
         "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+        "content-LENGTH: 3\r\nTRANSFER-encoding: Chunked\r\n",
+        "Content-Length: 5\r\nContent-Length: 5\r\n",
+        "Content-Length: 5\r\nContent-Length: 6\r\n",
+        "Content-Length: 5, 6\r\n",
+        "Content-Length: 5, 5\r\n",
+        "Content-Length: -5\r\n",
+        "Transfer-Encoding: gzip\r\n",
+        "Transfer-Encoding: gzip, chunked\r\n",
     ] {
-        let r = gw
-            .raw(&format!(
-                "POST / HTTP/1.1\r\nHost: {}\r\n{framing}Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-                gw.addr
-            ))
-            .await;
-        let s = r.seen();
-        assert!(!s.has("content-length"), "{:?}", s.0["headers"]);
-        assert_eq!(s.header("transfer-encoding"), Some("chunked"));
-        assert_eq!(s.body_len(), 5, "the body was not read as chunked");
+        let req = format!(
+            "POST / HTTP/1.1\r\nHost: {}\r\n{framing}\r\n0\r\n\r\n{smuggled}",
+            gw.addr
+        );
+        let c = converse(gw.addr, &[req.as_bytes()], Duration::ZERO).await;
+        assert_eq!(c.responses.len(), 1, "{framing:?}: {:?}", c.responses);
+        assert_refused(&c, 400, "bad-request", framing);
     }
+    assert_eq!(echo.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_requests_on_a_keep_alive_connection_are_answered_before_the_refused_one() {
+    let echo = Upstream::echo().await;
+    let gw = echo_gateway(&echo, "").await;
+    let host = gw.addr;
+    let with_length = format!("POST /a HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello");
+    let chunked = format!(
+        "POST /b HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n\
+         3;name=value\r\nabc\r\n4\r\ndefg\r\n0\r\nX-Checksum: 1\r\n\r\n"
+    );
+    let bad = format!(
+        "POST /c HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    );
+    // Pipelined in one write, and as three writes on the same connection.
+    let all = [with_length.clone(), chunked.clone(), bad.clone()].concat();
+    let pipelined: &[&[u8]] = &[all.as_bytes()];
+    let apart: &[&[u8]] = &[with_length.as_bytes(), chunked.as_bytes(), bad.as_bytes()];
+    for (how, writes) in [("pipelined", pipelined), ("apart", apart)] {
+        let before = echo.hits();
+        let c = converse(gw.addr, writes, Duration::from_millis(100)).await;
+        assert_eq!(c.responses.len(), 3, "{how}: {:?}", c.responses);
+        let (a, b) = (c.responses[0].seen(), c.responses[1].seen());
+        assert_eq!((a.path(), a.body_len()), ("/a", 5), "{how}");
+        assert_eq!((b.path(), b.body_len()), ("/b", 7), "{how}");
+        assert_refused(&c, 400, "bad-request", how);
+        assert_eq!(echo.hits() - before, 2, "{how}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_head_dribbled_one_byte_per_write_is_still_refused() {
+    let echo = Upstream::echo().await;
+    let gw = echo_gateway(&echo, "").await;
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+        gw.addr
+    );
+    let bytes: Vec<&[u8]> = req.as_bytes().chunks(1).collect();
+    let c = converse(gw.addr, &bytes, Duration::from_millis(2)).await;
+    assert_eq!(c.responses.len(), 1, "{:?}", c.responses);
+    assert_refused(&c, 400, "bad-request", "dribbled");
+    assert_eq!(echo.hits(), 0);
+}
+
+/// What hyper's parser refuses (it used to answer with its own bare, body-less 400) gets the
+/// gateway's 400 instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_hyper_cannot_parse_get_the_gateways_400() {
+    let echo = Upstream::echo().await;
+    let gw = echo_gateway(&echo, "").await;
+    for head in [
+        "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+        "GET /?a<b HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET / HTTP/1.2\r\nHost: x\r\n\r\n",
+        "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let c = converse(gw.addr, &[head.as_bytes()], Duration::ZERO).await;
+        assert_eq!(c.responses.len(), 1, "{head:?}: {:?}", c.responses);
+        assert_refused(&c, 400, "bad-request", head);
+    }
+    assert_eq!(echo.hits(), 0);
+}
+
+/// Over `max_header_size` is the gateway's 431, also far beyond hyper's own buffer (where
+/// hyper used to answer its bare 431).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_heads_are_431_problem_json_however_large() {
+    let echo = Upstream::echo().await;
+    let gw = echo_gateway(&echo, "max_header_size: 2KiB").await;
+    for size in [3000, 200 << 10] {
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nX-Big: {}\r\n\r\n",
+            gw.addr,
+            "a".repeat(size)
+        );
+        let c = converse(gw.addr, &[req.as_bytes()], Duration::ZERO).await;
+        assert_eq!(c.responses.len(), 1, "{size}: {:?}", c.responses);
+        assert_refused(&c, 431, "headers-too-large", "oversize");
+    }
+    // 101 header lines: hyper's limit is 100.
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\n{}\r\n",
+        gw.addr,
+        "X: y\r\n".repeat(100)
+    );
+    let c = converse(gw.addr, &[many.as_bytes()], Duration::ZERO).await;
+    assert_refused(&c, 431, "headers-too-large", "101 headers");
+    assert_eq!(echo.hits(), 0);
 }
 
 // ------------------------------------------------------------------------------- upstream failures

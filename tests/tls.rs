@@ -192,3 +192,41 @@ async fn a_missing_certificate_file_fails_start_naming_the_file() {
     assert!(err.contains("missing-cert.pem"), "{err}");
     assert!(err.contains("listeners[0].tls.certificates[1]"), "{err}");
 }
+
+/// The HTTP/1 head guard reads the decrypted stream: over TLS too, a good request is served
+/// and the ambiguous one pipelined after it gets the gateway's 400, then the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_over_tls_is_the_gateways_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = Upstream::echo().await;
+    let (gw, pki) = tls_gateway(&echo).await;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls_config(
+        std::slice::from_ref(&pki.ca),
+        &[b"http/1.1"],
+    )));
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+    let mut s = connector.connect(name, tcp).await.unwrap();
+    s.write_all(
+        b"GET /ok HTTP/1.1\r\nHost: a.test\r\n\r\n\
+          POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut all));
+    // A close without close_notify is an error to rustls; the bytes read so far count.
+    let _ = read.await.expect("the gateway closes the connection");
+    let text = String::from_utf8_lossy(&all);
+    let first = text
+        .find("HTTP/1.1 200")
+        .expect("the good request answered first");
+    let second = text.find("HTTP/1.1 400").expect("then the gateway's 400");
+    assert!(first < second, "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(
+        text.contains("urn:portcullis:problem:bad-request"),
+        "{text}"
+    );
+    assert_eq!(echo.hits(), 1);
+}

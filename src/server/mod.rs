@@ -2,7 +2,9 @@
 //! graceful shutdown.
 //!
 //! - One accept loop per listener; each connection is served by hyper's auto builder (HTTP/1.1
-//!   or HTTP/2 by preface; over TLS, ALPN offers h2 and http/1.1).
+//!   or HTTP/2 by preface; over TLS, ALPN offers h2 and http/1.1). Proxy connections read
+//!   through the HTTP/1 head guard ([`framing`]), which refuses ambiguous framing before
+//!   hyper parses it.
 //! - The current config snapshot sits in an `ArcSwap`; every request loads it once.
 //! - Reload (file change, SIGHUP, or [`ServerHandle::reload`]) reads and compiles the file on a
 //!   blocking thread, binds any new listener addresses, then swaps. A bad file or a bind
@@ -14,6 +16,7 @@
 //!   resolved into each new snapshot at install), the access-log sinks (reopened on SIGUSR1)
 //!   and the tracer (restarted only when `tracing` changes).
 
+pub mod framing;
 pub mod tls;
 
 use crate::compile::{self, CompileEnv, Gateway};
@@ -24,6 +27,7 @@ use crate::observe::trace::Tracer;
 use crate::proxy::{self, ConnInfo, Snapshot};
 use crate::upstream::Pools;
 use arc_swap::ArcSwap;
+use framing::Guarded;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -507,12 +511,20 @@ async fn serve_connection(
     };
     let max_header = snap.gateway.settings.max_header_size;
     drop(snap);
+    let limits = framing::Limits {
+        max_head: usize::try_from(max_header).unwrap_or(usize::MAX),
+        validate: framing::VALIDATE,
+    };
     match tls {
         None => {
+            let io = match kind {
+                Kind::Proxy => Guarded::new(stream, limits),
+                Kind::Admin => Guarded::passthrough(stream),
+            };
             serve_io(
                 handle,
                 kind,
-                TokioIo::new(stream),
+                io,
                 ConnInfo {
                     peer,
                     peer_value: crate::forwarded::peer_value(peer.ip()),
@@ -535,10 +547,16 @@ async fn serve_connection(
                         .and_then(|c| c.first())
                         .and_then(|c| crate::auth::mtls::ClientCert::parse(c.as_ref()))
                         .map(Arc::new);
+                    // With h2 chosen by ALPN there are no HTTP/1 heads to guard.
+                    let io = if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        Guarded::passthrough(s)
+                    } else {
+                        Guarded::new(s, limits)
+                    };
                     serve_io(
                         handle,
                         kind,
-                        TokioIo::new(s),
+                        io,
                         ConnInfo {
                             peer,
                             peer_value: crate::forwarded::peer_value(peer.ip()),
@@ -556,26 +574,40 @@ async fn serve_connection(
     }
 }
 
-async fn serve_io<I>(handle: ServerHandle, kind: Kind, io: I, conn: ConnInfo, max_header: u64)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+async fn serve_io<S>(
+    handle: ServerHandle,
+    kind: Kind,
+    io: Guarded<S>,
+    conn: ConnInfo,
+    max_header: u64,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let h = handle.clone();
     let peer = conn.peer;
+    let verdict = io.verdict();
     let svc = service_fn(move |req| {
         let snap = h.snapshot();
         let h = h.clone();
         let conn = conn.clone();
+        // In arrival order (HTTP/1 calls the service one request at a time): the guard
+        // names the refused request by its number on the connection.
+        let refused = verdict.next_request();
         async move {
-            Ok::<_, Infallible>(match kind {
-                Kind::Proxy => proxy::handle(snap, conn, req).await,
-                Kind::Admin => crate::admin::handle(&h, &snap, req).await,
+            Ok::<_, Infallible>(match (kind, refused) {
+                (Kind::Proxy, None) => proxy::handle(snap, conn, req).await,
+                (Kind::Proxy, Some(r)) => {
+                    let e = r.error(snap.gateway.settings.max_header_size);
+                    proxy::refuse(snap, conn, req, e).await
+                }
+                (Kind::Admin, _) => crate::admin::handle(&h, &snap, req).await,
             })
         }
     });
+    let io = TokioIo::new(io);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's own limit is a backstop well above ours, so that ordinary oversize heads get
-    // the gateway's 431 problem+json and not hyper's bare one.
+    // hyper's own limit is a backstop above ours: the guard refuses heads over
+    // max_header_size before hyper parses them, so hyper never answers its bare 431.
     let backstop = (max_header as usize).saturating_mul(2).max(16 * 1024);
     builder
         .http1()
