@@ -1006,6 +1006,56 @@ async fn oversize_heads_are_431_problem_json_however_large() {
     assert_eq!(echo.hits(), 0);
 }
 
+/// Upstream connections are kept alive and reused: many requests, in sequence and from
+/// several clients at once, ride a few connections, and what goes upstream is origin-form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_pooled_and_reused() {
+    let echo = Upstream::echo().await;
+    let gw = Gateway::start(
+        r#"
+        upstreams:
+          echo: { targets: [ { url: "$ECHO" } ] }
+        routes:
+          - match: {}
+            upstream: echo
+        "#
+        .replace("$ECHO", &echo.url()),
+    )
+    .await;
+    for i in 0..20 {
+        let s = gw.seen(&format!("/seq/{i}?q=1")).await;
+        assert_eq!(s.path(), format!("/seq/{i}"));
+        assert_eq!(s.query(), Some("q=1"));
+        assert_eq!(s.authority(), None, "origin-form upstream");
+    }
+    assert_eq!(
+        echo.connections(),
+        1,
+        "20 sequential requests, one connection"
+    );
+
+    // Eight at a time: at most eight connections, however many requests.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let url = gw.url(&format!("/par/{i}"));
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            for _ in 0..10 {
+                assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(echo.hits(), 100);
+    assert!(
+        echo.connections() <= 9,
+        "{} connections",
+        echo.connections()
+    );
+}
+
 // ------------------------------------------------------------------------------- upstream failures
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

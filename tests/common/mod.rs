@@ -45,6 +45,7 @@ pub fn pattern(len: usize) -> Vec<u8> {
 pub struct Upstream {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    conns: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -64,10 +65,13 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
         let handler = Arc::new(handler);
         let counter = hits.clone();
+        let accepted = conns.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (handler, counter) = (handler.clone(), counter.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -81,7 +85,12 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, hits, task }
+        Upstream {
+            addr,
+            hits,
+            conns,
+            task,
+        }
     }
 
     /// Answers with JSON describing the request it received (see [`Seen`]).
@@ -139,6 +148,11 @@ impl Upstream {
     /// Requests received so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
     }
 }
 
