@@ -263,14 +263,12 @@ pub async fn forward(
             parts.headers.clone()
         };
         let mut request = build_request(
-            &parts,
-            headers,
+            (parts.method.clone(), headers, req_body.take()),
             &path_and_query,
             t,
             version,
             keep_host,
             pooled.is_some(),
-            req_body.take(),
         )?;
         // Each try is its own span; the upstream sees it as its parent.
         let span = cx.trace.as_mut().map(|tr| tr.start_try());
@@ -393,16 +391,14 @@ pub async fn forward(
     }
 }
 
-/// One try's request, aimed at target `t`.
+/// One try's request (method, headers and body of the client's), aimed at target `t`.
 fn build_request(
-    parts: &http::request::Parts,
-    mut headers: HeaderMap,
+    (method, mut headers, body): (http::Method, HeaderMap, Body),
     path_and_query: &str,
     t: &TargetRt,
     version: Version,
     keep_host: bool,
     origin_form: bool,
-    body: Body,
 ) -> Result<Request<Body>, GatewayError> {
     let target = &t.target;
     let pq: uri::PathAndQuery = if target.base_path.is_empty() {
@@ -432,7 +428,7 @@ fn build_request(
         headers.insert(header::HOST, target.host_header.clone());
     }
     let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
+    *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = version;
     *req.headers_mut() = headers;
