@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Where a proxied request's CPU goes: user and kernel microseconds per request for nginx and
+# Portcullis on the bench route, read from /proc/PID/stat around a wrk run, and (CALLGRIND=1)
+# Portcullis's user-space instructions per request under callgrind, which are repeatable
+# whatever else the machine is doing.
+#
+# Usage: bench/cost.sh
+# Env knobs:
+#   BENCH_DURATION=8s   wrk -d per measured run
+#   BENCH_ROUNDS=2      rounds (nginx, portcullis, ...)
+#   CALLGRIND=0         1: also count instructions per request (needs valgrind)
+#   SKIP_BUILD=1        use the existing release binary
+#   BIN=PATH            the portcullis binary (default $CARGO_TARGET_DIR/release/portcullis)
+#   PROXY_CPU=0 LOAD_CPU=1
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target}"
+BIN="${BIN:-$CARGO_TARGET_DIR/release/portcullis}"
+DURATION="${BENCH_DURATION:-8s}"
+ROUNDS="${BENCH_ROUNDS:-2}"
+PROXY_CPU="${PROXY_CPU:-0}"
+LOAD_CPU="${LOAD_CPU:-1}"
+REQ_PATH=/bench/hello
+
+for tool in wrk nginx curl taskset bc; do
+    command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 1; }
+done
+[ "${CALLGRIND:-0}" = 1 ] && { command -v valgrind >/dev/null || { echo "missing tool: valgrind" >&2; exit 1; }; }
+
+WORK="$(mktemp -d /tmp/portcullis-cost.XXXXXX)"
+PIDS=()
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for p in "${PIDS[@]}"; do pkill -TERM -P "$p" 2>/dev/null || true; kill -TERM "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port() { # a free port below the ephemeral range
+    local p
+    for _ in $(seq 200); do
+        p=$(( 10000 + RANDOM % 20000 ))
+        ss -Htan "sport = :$p" | grep -q . || { echo "$p"; return; }
+    done
+    echo "no free port" >&2; return 1
+}
+render() { sed -e "s|@PREFIX@|$WORK|g" -e "s|@PORT@|$3|g" -e "s|@UPSTREAM_PORT@|${4:-}|g" "$1" >"$2"; }
+ready() { for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$1$REQ_PATH" 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not ready" >&2; return 1; }
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    (cd "$REPO" && cargo build --release --quiet)
+fi
+
+UP=$(port); NG=$(port); PC=$(port)
+render "$HERE/upstream.nginx.conf.tmpl" "$WORK/up.conf" "$UP"
+taskset -c "$LOAD_CPU" nginx -p "$WORK" -c "$WORK/up.conf" -e "$WORK/up.err" >/dev/null 2>&1 &
+PIDS+=($!); ready "$UP"
+render "$HERE/proxy.nginx.conf.tmpl" "$WORK/px.conf" "$NG" "$UP"
+taskset -c "$PROXY_CPU" nginx -p "$WORK" -c "$WORK/px.conf" -e "$WORK/px.err" >/dev/null 2>&1 &
+NGINX_MASTER=$!; PIDS+=($!); ready "$NG"
+NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1)
+render "$HERE/portcullis.yaml.tmpl" "$WORK/p.yaml" "$PC" "$UP"
+taskset -c "$PROXY_CPU" "$BIN" run -c "$WORK/p.yaml" >"$WORK/p.log" 2>&1 &
+PORTCULLIS=$!; PIDS+=($!); ready "$PC"
+
+TCK=$(getconf CLK_TCK)
+measure() { # measure NAME PID PORT
+    local u0 s0 u1 s1 n rps
+    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$2/stat")
+    taskset -c "$LOAD_CPU" wrk -t1 -c50 -d"$DURATION" "http://127.0.0.1:$3$REQ_PATH" >"$WORK/wrk.out"
+    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$2/stat")
+    n=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
+    rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' "$WORK/wrk.out")
+    printf '| %s | %s | %s | %s |\n' "$1" "$rps" \
+        "$(echo "scale=2; ($u1-$u0)*1000000/$TCK/$n" | bc)" \
+        "$(echo "scale=2; ($s1-$s0)*1000000/$TCK/$n" | bc)"
+}
+
+echo "## CPU per proxied request (wrk -t1 -c50 -d$DURATION, proxies on CPU $PROXY_CPU)"
+echo
+echo "| target | req/s | user µs/req | kernel µs/req |"
+echo "|---|---:|---:|---:|"
+for _ in $(seq "$ROUNDS"); do
+    measure nginx "$NGINX_WORKER" "$NG"
+    measure portcullis "$PORTCULLIS" "$PC"
+done
+
+if [ "${CALLGRIND:-0}" = 1 ]; then
+    kill "$PORTCULLIS"; wait "$PORTCULLIS" 2>/dev/null || true
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN" run -c "$WORK/p.yaml" \
+        >"$WORK/cg.log" 2>&1 &
+    VG=$!; PIDS+=($!)
+    ready "$PC"
+    for _ in $(seq 200); do curl -fsS -o /dev/null "http://127.0.0.1:$PC$REQ_PATH"; done
+    callgrind_control -z "$VG" >/dev/null 2>&1
+    taskset -c "$LOAD_CPU" wrk -t1 -c20 -d"$DURATION" "http://127.0.0.1:$PC$REQ_PATH" >"$WORK/wrk.out"
+    n=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
+    callgrind_control -d "$VG" >/dev/null 2>&1
+    sleep 1
+    kill "$VG"; wait "$VG" 2>/dev/null || true
+    f="$WORK/cg.out.1" # the dump taken after the load; cg.out itself holds only the exit
+    ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    echo
+    echo "callgrind: $n requests, $ir instructions, $((ir / n)) instructions per request (user space)"
+fi
