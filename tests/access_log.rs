@@ -1,9 +1,10 @@
 //! Access log: selectable JSON fields, no secrets in either format, and reopening the file
 //! on SIGUSR1 (log rotation).
 
-mod observe_support;
+mod common;
 
-use observe_support::{eventually, Gw, Upstream};
+use common::observe::eventually;
+use common::{Admin, Gateway, Upstream};
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ async fn wait_lines(path: &Path, n: usize) -> Vec<String> {
 }
 
 /// Requests carrying credentials in every place a client can put them.
-async fn send_secrets(gw: &Gw) {
+async fn send_secrets(gw: &Gateway) {
     let r = gw
         .client
         .post(gw.url("/api/x?api_key=s3cr3t-query&token=s3cr3t-token-q"))
@@ -56,8 +57,10 @@ async fn json_fields_are_selectable_and_secrets_never_logged() {
     let up = Upstream::hello().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.json");
-    let gw = Gw::start(&format!(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Token,
+        &format!(
+            r#"
         access_log:
           format: json
           path: "{}"
@@ -71,9 +74,10 @@ async fn json_fields_are_selectable_and_secrets_never_logged() {
             match: {{ path: "/api/{{*rest}}" }}
             upstream: app
         "#,
-        log.display(),
-        up.addr
-    ))
+            log.display(),
+            up.addr
+        ),
+    )
     .await;
     send_secrets(&gw).await;
     let l = wait_lines(&log, 1).await;
@@ -101,8 +105,10 @@ async fn text_format_never_logs_secrets() {
     let up = Upstream::hello().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.txt");
-    let gw = Gw::start(&format!(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Token,
+        &format!(
+            r#"
         access_log: {{ format: text, path: "{}" }}
         upstreams:
           app: {{ targets: [ {{ url: "http://{}" }} ] }}
@@ -111,9 +117,10 @@ async fn text_format_never_logs_secrets() {
             match: {{ path: "/api/{{*rest}}" }}
             upstream: app
         "#,
-        log.display(),
-        up.addr
-    ))
+            log.display(),
+            up.addr
+        ),
+    )
     .await;
     send_secrets(&gw).await;
     let l = wait_lines(&log, 1).await;
@@ -130,7 +137,8 @@ async fn text_format_never_logs_secrets() {
 
 #[tokio::test]
 async fn fields_with_the_text_format_are_refused() {
-    let err = match Gw::try_start(
+    let err = match Gateway::try_start_as(
+        Admin::Token,
         r#"
         access_log: { format: text, fields: [status] }
         routes:
@@ -144,7 +152,8 @@ async fn fields_with_the_text_format_are_refused() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("access_log.fields"), "{err}");
-    let err = match Gw::try_start(
+    let err = match Gateway::try_start_as(
+        Admin::Token,
         r#"
         access_log: { format: json, fields: [status, headers] }
         routes:
@@ -168,16 +177,19 @@ async fn sigusr1_reopens_the_file_after_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
     let rotated = dir.path().join("access.log.1");
-    let gw = Gw::start(&format!(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Token,
+        &format!(
+            r#"
         access_log: {{ format: json, path: "{}", fields: [path, status] }}
         routes:
           - name: r
             match: {{ path: "/{{*rest}}" }}
             respond: {{ status: 200, body: ok }}
         "#,
-        log.display()
-    ))
+            log.display()
+        ),
+    )
     .await;
     gw.get("/before").await.bytes().await.unwrap();
     wait_lines(&log, 1).await;

@@ -1,9 +1,10 @@
 //! The admin API, black-box: every endpoint, bearer-token auth, problem+json errors, the
 //! OpenAPI document against what is served, and the non-loopback refusal.
 
-mod observe_support;
+mod common;
 
-use observe_support::{problem, Gw, Upstream, TOKEN};
+use common::observe::TOKEN;
+use common::{problem, Admin, Gateway, Upstream};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -32,7 +33,7 @@ fn yaml(up: &Upstream) -> String {
 #[tokio::test]
 async fn auth_missing_or_wrong_token_is_401_problem() {
     let up = Upstream::hello().await;
-    let gw = Gw::start(&yaml(&up)).await;
+    let gw = Gateway::start_as(Admin::Token, &yaml(&up)).await;
     for path in [
         "/status",
         "/config",
@@ -103,7 +104,8 @@ async fn auth_missing_or_wrong_token_is_401_problem() {
 
 #[tokio::test]
 async fn without_a_token_on_loopback_the_api_is_open() {
-    let gw = Gw::start(
+    let gw = Gateway::start_as(
+        Admin::Token,
         r#"
         admin: { bind: "127.0.0.1:0" }
         routes:
@@ -120,7 +122,7 @@ async fn without_a_token_on_loopback_the_api_is_open() {
 #[tokio::test]
 async fn status_endpoint() {
     let up = Upstream::hello().await;
-    let gw = Gw::start(&yaml(&up)).await;
+    let gw = Gateway::start_as(Admin::Token, &yaml(&up)).await;
     let v = gw.admin_json("/status").await;
     assert_eq!(v["status"], "ok");
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
@@ -139,7 +141,7 @@ async fn status_endpoint() {
 #[tokio::test]
 async fn config_endpoint_redacts_secrets() {
     let up = Upstream::hello().await;
-    let gw = Gw::start(&yaml(&up)).await;
+    let gw = Gateway::start_as(Admin::Token, &yaml(&up)).await;
     let r = gw.admin(Method::GET, "/config").send().await.unwrap();
     assert_eq!(r.headers()["content-type"], "application/json");
     let text = r.text().await.unwrap();
@@ -171,7 +173,8 @@ async fn config_endpoint_shows_interpolated_values_and_redacts_them() {
     // The variable names are unique to this test, so setting them races with nothing.
     std::env::set_var("PORTCULLIS_TEST_ADMIN_TOKEN_ENV", "from-env-s3cr3t");
     std::env::set_var("PORTCULLIS_TEST_BODY_ENV", "from-env-body");
-    let gw = Gw::start(
+    let gw = Gateway::start_as(
+        Admin::Token,
         r#"
         admin: { bind: "127.0.0.1:0", token: "${PORTCULLIS_TEST_ADMIN_TOKEN_ENV}" }
         routes:
@@ -196,7 +199,7 @@ async fn config_endpoint_shows_interpolated_values_and_redacts_them() {
 #[tokio::test]
 async fn routes_endpoint() {
     let up = Upstream::hello().await;
-    let gw = Gw::start(&yaml(&up)).await;
+    let gw = Gateway::start_as(Admin::Token, &yaml(&up)).await;
     let v = gw.admin_json("/routes").await;
     let routes = v.as_array().unwrap();
     assert_eq!(routes.len(), 2);
@@ -219,7 +222,7 @@ async fn routes_endpoint() {
 #[tokio::test]
 async fn upstreams_endpoint_shows_targets_with_state() {
     let up = Upstream::hello().await;
-    let gw = Gw::start(&yaml(&up)).await;
+    let gw = Gateway::start_as(Admin::Token, &yaml(&up)).await;
     let v = gw.admin_json("/upstreams").await;
     let app = &v[0];
     assert_eq!(app["name"], "app");
@@ -242,7 +245,7 @@ async fn upstreams_endpoint_shows_targets_with_state() {
 #[tokio::test]
 async fn consumers_endpoint_is_an_empty_list_without_consumers() {
     let up = Upstream::hello().await;
-    let gw = Gw::start(&yaml(&up)).await;
+    let gw = Gateway::start_as(Admin::Token, &yaml(&up)).await;
     let v = gw.admin_json("/consumers").await;
     assert_eq!(v, serde_json::json!([]));
     gw.stop().await;
@@ -251,7 +254,7 @@ async fn consumers_endpoint_is_an_empty_list_without_consumers() {
 #[tokio::test]
 async fn reload_endpoint_applies_or_explains() {
     let up = Upstream::hello().await;
-    let gw = Gw::start(&yaml(&up)).await;
+    let gw = Gateway::start_as(Admin::Token, &yaml(&up)).await;
     assert_eq!(gw.get("/hello").await.status(), 404); // needs the header predicate
 
     gw.rewrite(
@@ -305,7 +308,7 @@ async fn reload_endpoint_applies_or_explains() {
 #[tokio::test]
 async fn validate_endpoint_checks_without_applying() {
     let up = Upstream::hello().await;
-    let gw = Gw::start(&yaml(&up)).await;
+    let gw = Gateway::start_as(Admin::Token, &yaml(&up)).await;
     let good = "routes:\n  - match: { path: /a }\n    respond: { status: 204 }\n";
     let r = gw
         .admin(Method::POST, "/validate")
@@ -354,7 +357,7 @@ async fn validate_endpoint_checks_without_applying() {
 #[tokio::test]
 async fn metrics_endpoint_is_prometheus_text() {
     let up = Upstream::hello().await;
-    let gw = Gw::start(&yaml(&up)).await;
+    let gw = Gateway::start_as(Admin::Token, &yaml(&up)).await;
     let r = gw.admin(Method::GET, "/metrics").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
@@ -377,7 +380,7 @@ async fn metrics_endpoint_is_prometheus_text() {
 #[tokio::test]
 async fn unknown_paths_and_wrong_methods_are_problems() {
     let up = Upstream::hello().await;
-    let gw = Gw::start(&yaml(&up)).await;
+    let gw = Gateway::start_as(Admin::Token, &yaml(&up)).await;
     let r = gw.admin(Method::GET, "/nope").send().await.unwrap();
     let p = problem(r, 404).await;
     assert_eq!(p["type"], "urn:portcullis:problem:not-found");
@@ -398,7 +401,7 @@ async fn unknown_paths_and_wrong_methods_are_problems() {
 #[tokio::test]
 async fn openapi_document_matches_the_served_endpoints() {
     let up = Upstream::hello().await;
-    let gw = Gw::start(&yaml(&up)).await;
+    let gw = Gateway::start_as(Admin::Token, &yaml(&up)).await;
     let r = gw.admin(Method::GET, "/openapi.json").send().await.unwrap();
     assert_eq!(r.headers()["content-type"], "application/json");
     let doc: Value = r.json().await.unwrap();
@@ -454,7 +457,8 @@ async fn openapi_document_matches_the_served_endpoints() {
 
 #[tokio::test]
 async fn a_non_loopback_admin_bind_without_a_token_is_refused() {
-    let r = Gw::try_start(
+    let r = Gateway::try_start_as(
+        Admin::Token,
         r#"
         admin: { bind: "0.0.0.0:0" }
         routes:

@@ -2,13 +2,14 @@
 //! `authorize` by role, identity headers (forwarding, spoofing, `hide_credentials`), IP
 //! filters, the CLI helpers and config diagnostics.
 
-mod auth_support;
+mod common;
 
-use auth_support::*;
+use common::identity::*;
+use common::*;
 use portcullis::auth::api_key::stored_form;
 
 /// Consumers with every kind of credential, and routes using them.
-fn config(echo: &Server, extra_routes: &str) -> String {
+fn config(echo: &Upstream, extra_routes: &str) -> String {
     let argon = portcullis::auth::basic::hash_password("open sesame").unwrap();
     let bcrypt = bcrypt::hash("b-pass", 4).unwrap();
     format!(
@@ -52,8 +53,8 @@ fn config(echo: &Server, extra_routes: &str) -> String {
     )
 }
 
-async fn gateway(echo: &Server) -> Gw {
-    Gw::start(config(echo, "")).await
+async fn gateway(echo: &Upstream) -> Gateway {
+    Gateway::start(config(echo, "")).await
 }
 
 fn basic(user: &str, pass: &str) -> String {
@@ -66,7 +67,7 @@ fn basic(user: &str, pass: &str) -> String {
 
 #[tokio::test]
 async fn consumers_are_compiled_with_roles_metadata_and_limits() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let gw = compile(&config(&echo, ""));
     let auth = &gw.auth;
     let c = auth.consumer("mobile-app").unwrap();
@@ -81,12 +82,12 @@ async fn consumers_are_compiled_with_roles_metadata_and_limits() {
 
 #[tokio::test]
 async fn api_key_in_the_default_header() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let gw = gateway(&echo).await;
 
     // Stored as a SHA-256 digest.
     let s = seen(
-        gw.get("/keys/a")
+        gw.get_req("/keys/a")
             .header("X-API-Key", "k-mobile-1")
             .send()
             .await
@@ -101,7 +102,7 @@ async fn api_key_in_the_default_header() {
 
     // A plain key in the config works too (with a warning at load).
     let s = seen(
-        gw.get("/keys/a")
+        gw.get_req("/keys/a")
             .header("x-api-key", "plain-key-for-tests")
             .send()
             .await
@@ -111,9 +112,9 @@ async fn api_key_in_the_default_header() {
     assert_eq!(s.header("x-consumer-name"), Some("mobile-app"));
 
     // Missing, wrong, empty, almost right: 401 with the Key challenge, and the same body.
-    let missing = assert_401(gw.get("/keys/a").send().await.unwrap(), &[KEY]).await;
+    let missing = assert_401(gw.get_req("/keys/a").send().await.unwrap(), &[KEY]).await;
     let wrong = assert_401(
-        gw.get("/keys/a")
+        gw.get_req("/keys/a")
             .header("X-API-Key", "k-mobile-2")
             .send()
             .await
@@ -122,7 +123,7 @@ async fn api_key_in_the_default_header() {
     )
     .await;
     assert_401(
-        gw.get("/keys/a")
+        gw.get_req("/keys/a")
             .header("X-API-Key", "")
             .send()
             .await
@@ -131,7 +132,7 @@ async fn api_key_in_the_default_header() {
     )
     .await;
     assert_401(
-        gw.get("/keys/a")
+        gw.get_req("/keys/a")
             .header("X-API-Key", "K-mobile-1")
             .send()
             .await
@@ -141,7 +142,7 @@ async fn api_key_in_the_default_header() {
     .await;
     // The digest itself is not a key.
     assert_401(
-        gw.get("/keys/a")
+        gw.get_req("/keys/a")
             .header("X-API-Key", stored_form("k-mobile-1"))
             .send()
             .await
@@ -154,28 +155,28 @@ async fn api_key_in_the_default_header() {
 
     // Two keys: refused before anyone looks at them.
     let res = gw
-        .get("/keys/a")
+        .get_req("/keys/a")
         .header("X-API-Key", "k-mobile-1")
         .header("X-API-Key", "other")
         .send()
         .await
         .unwrap();
-    problem(res, 400, "bad-request").await;
+    problem_typed(res, 400, "bad-request").await;
     // The upstream never saw a refused request.
     assert_eq!(echo.hits(), 2);
 }
 
 #[tokio::test]
 async fn api_key_in_a_configured_header_or_query_parameter() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let yaml = config(&echo, "").replace(
         "        consumers:",
         "        auth:\n          api_key: { header: X-Token, query: apikey }\n        consumers:",
     );
-    let gw = Gw::start(yaml).await;
+    let gw = Gateway::start(yaml).await;
 
     let s = seen(
-        gw.get("/keys/a")
+        gw.get_req("/keys/a")
             .header("X-Token", "k-mobile-1")
             .send()
             .await
@@ -184,7 +185,7 @@ async fn api_key_in_a_configured_header_or_query_parameter() {
     .await;
     assert_eq!(s.header("x-consumer-name"), Some("mobile-app"));
     let s = seen(
-        gw.get("/keys/a?x=1&apikey=k-mobile-1")
+        gw.get_req("/keys/a?x=1&apikey=k-mobile-1")
             .send()
             .await
             .unwrap(),
@@ -194,7 +195,7 @@ async fn api_key_in_a_configured_header_or_query_parameter() {
     assert_eq!(s.query(), Some("x=1&apikey=k-mobile-1"));
     // Percent-encoded in the query is the same key.
     let s = seen(
-        gw.get("/keys/a?apikey=k%2Dmobile%2D1")
+        gw.get_req("/keys/a?apikey=k%2Dmobile%2D1")
             .send()
             .await
             .unwrap(),
@@ -204,7 +205,7 @@ async fn api_key_in_a_configured_header_or_query_parameter() {
 
     // The default header is not read any more.
     assert_401(
-        gw.get("/keys/a")
+        gw.get_req("/keys/a")
             .header("X-API-Key", "k-mobile-1")
             .send()
             .await
@@ -212,19 +213,23 @@ async fn api_key_in_a_configured_header_or_query_parameter() {
         &[KEY],
     )
     .await;
-    assert_401(gw.get("/keys/a?apikey=nope").send().await.unwrap(), &[KEY]).await;
+    assert_401(
+        gw.get_req("/keys/a?apikey=nope").send().await.unwrap(),
+        &[KEY],
+    )
+    .await;
 
     // Ambiguity is refused: the configured header twice, the parameter twice, both places.
     let two_headers = gw
-        .get("/keys/a")
+        .get_req("/keys/a")
         .header("X-Token", "k-mobile-1")
         .header("X-Token", "k-mobile-1")
         .send()
         .await
         .unwrap();
-    problem(two_headers, 400, "bad-request").await;
-    problem(
-        gw.get("/keys/a?apikey=k-mobile-1&apikey=x")
+    problem_typed(two_headers, 400, "bad-request").await;
+    problem_typed(
+        gw.get_req("/keys/a?apikey=k-mobile-1&apikey=x")
             .send()
             .await
             .unwrap(),
@@ -233,21 +238,21 @@ async fn api_key_in_a_configured_header_or_query_parameter() {
     )
     .await;
     let both = gw
-        .get("/keys/a?apikey=k-mobile-1")
+        .get_req("/keys/a?apikey=k-mobile-1")
         .header("X-Token", "k-mobile-1")
         .send()
         .await
         .unwrap();
-    problem(both, 400, "bad-request").await;
+    problem_typed(both, 400, "bad-request").await;
 }
 
 #[tokio::test]
 async fn basic_with_argon2id_and_bcrypt() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let gw = gateway(&echo).await;
 
     let s = seen(
-        gw.get("/basic/x")
+        gw.get_req("/basic/x")
             .header("authorization", basic("acme", "open sesame"))
             .send()
             .await
@@ -258,7 +263,7 @@ async fn basic_with_argon2id_and_bcrypt() {
     assert_eq!(s.header("x-consumer-roles"), Some("reader,writer"));
     // Cached now; still right.
     let s = seen(
-        gw.get("/basic/x")
+        gw.get_req("/basic/x")
             .header("authorization", basic("acme", "open sesame"))
             .send()
             .await
@@ -267,7 +272,7 @@ async fn basic_with_argon2id_and_bcrypt() {
     .await;
     assert_eq!(s.header("x-consumer-name"), Some("partner-acme"));
     let s = seen(
-        gw.get("/basic/x")
+        gw.get_req("/basic/x")
             .header("authorization", basic("old", "b-pass"))
             .send()
             .await
@@ -289,7 +294,7 @@ async fn basic_with_argon2id_and_bcrypt() {
         }),
     ] {
         assert_401(
-            gw.get("/basic/x")
+            gw.get_req("/basic/x")
                 .header("authorization", bad)
                 .send()
                 .await
@@ -298,10 +303,10 @@ async fn basic_with_argon2id_and_bcrypt() {
         )
         .await;
     }
-    assert_401(gw.get("/basic/x").send().await.unwrap(), &[BASIC]).await;
+    assert_401(gw.get_req("/basic/x").send().await.unwrap(), &[BASIC]).await;
     // A bearer token is not a Basic credential.
     assert_401(
-        gw.get("/basic/x")
+        gw.get_req("/basic/x")
             .header("authorization", "Bearer abc")
             .send()
             .await
@@ -313,10 +318,10 @@ async fn basic_with_argon2id_and_bcrypt() {
 
 #[tokio::test]
 async fn any_one_method_and_every_challenge() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let gw = gateway(&echo).await;
     let s = seen(
-        gw.get("/either/x")
+        gw.get_req("/either/x")
             .header("x-api-key", "k-mobile-1")
             .send()
             .await
@@ -325,7 +330,7 @@ async fn any_one_method_and_every_challenge() {
     .await;
     assert_eq!(s.header("x-consumer-name"), Some("mobile-app"));
     let s = seen(
-        gw.get("/either/x")
+        gw.get_req("/either/x")
             .header("authorization", basic("acme", "open sesame"))
             .send()
             .await
@@ -335,7 +340,7 @@ async fn any_one_method_and_every_challenge() {
     assert_eq!(s.header("x-consumer-name"), Some("partner-acme"));
     // A refused key does not hide an accepted password.
     let s = seen(
-        gw.get("/either/x")
+        gw.get_req("/either/x")
             .header("x-api-key", "wrong")
             .header("authorization", basic("acme", "open sesame"))
             .send()
@@ -344,9 +349,9 @@ async fn any_one_method_and_every_challenge() {
     )
     .await;
     assert_eq!(s.header("x-consumer-name"), Some("partner-acme"));
-    assert_401(gw.get("/either/x").send().await.unwrap(), &[BASIC, KEY]).await;
+    assert_401(gw.get_req("/either/x").send().await.unwrap(), &[BASIC, KEY]).await;
     assert_401(
-        gw.get("/either/x")
+        gw.get_req("/either/x")
             .header("x-api-key", "wrong")
             .send()
             .await
@@ -358,7 +363,7 @@ async fn any_one_method_and_every_challenge() {
 
 #[tokio::test]
 async fn anonymous_only_without_credentials() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let routes = r#"
           - name: maybe
             match: { path: "/maybe/{*rest}" }
@@ -372,10 +377,10 @@ async fn anonymous_only_without_credentials() {
               - authenticate: [api_key, anonymous]
               - authorize: { roles: [reader] }
     "#;
-    let gw = Gw::start(config(&echo, routes)).await;
+    let gw = Gateway::start(config(&echo, routes)).await;
 
     let s = seen(
-        gw.get("/maybe/x")
+        gw.get_req("/maybe/x")
             .header("X-Consumer-Name", "partner-acme")
             .send()
             .await
@@ -388,7 +393,7 @@ async fn anonymous_only_without_credentials() {
         "a spoofed name must not pass: {s:?}"
     );
     let s = seen(
-        gw.get("/maybe/x")
+        gw.get_req("/maybe/x")
             .header("x-api-key", "k-mobile-1")
             .send()
             .await
@@ -399,7 +404,7 @@ async fn anonymous_only_without_credentials() {
     assert!(!s.has("x-anonymous-consumer"));
     // A wrong key is reported, not downgraded to anonymous.
     assert_401(
-        gw.get("/maybe/x")
+        gw.get_req("/maybe/x")
             .header("x-api-key", "wrong")
             .send()
             .await
@@ -409,9 +414,9 @@ async fn anonymous_only_without_credentials() {
     .await;
 
     // Anonymous callers who need a role are asked for credentials (401), not refused (403).
-    assert_401(gw.get("/readers/x").send().await.unwrap(), &[KEY]).await;
+    assert_401(gw.get_req("/readers/x").send().await.unwrap(), &[KEY]).await;
     seen(
-        gw.get("/readers/x")
+        gw.get_req("/readers/x")
             .header("x-api-key", "k-mobile-1")
             .send()
             .await
@@ -422,7 +427,7 @@ async fn anonymous_only_without_credentials() {
 
 #[tokio::test]
 async fn authorize_by_role() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let routes = r#"
           - name: writers
             match: { path: "/write/{*rest}" }
@@ -431,10 +436,10 @@ async fn authorize_by_role() {
               - authorize: { roles: [writer, admin] }
               - authenticate: [api_key, basic]
     "#;
-    let gw = Gw::start(config(&echo, routes)).await;
+    let gw = Gateway::start(config(&echo, routes)).await;
     // Policy order in the file does not matter: authenticate runs first.
     let s = seen(
-        gw.get("/write/x")
+        gw.get_req("/write/x")
             .header("authorization", basic("acme", "open sesame"))
             .send()
             .await
@@ -444,7 +449,7 @@ async fn authorize_by_role() {
     assert_eq!(s.header("x-consumer-name"), Some("partner-acme"));
     // Authenticated but not allowed: 403, no challenge, same body whatever the reason.
     let refused = assert_403(
-        gw.get("/write/x")
+        gw.get_req("/write/x")
             .header("x-api-key", "k-mobile-1")
             .send()
             .await
@@ -454,7 +459,7 @@ async fn authorize_by_role() {
     .await;
     assert!(!refused.to_string().contains("writer"), "{refused}");
     assert_403(
-        gw.get("/write/x")
+        gw.get_req("/write/x")
             .header("authorization", basic("old", "b-pass"))
             .send()
             .await
@@ -462,12 +467,12 @@ async fn authorize_by_role() {
         &[],
     )
     .await;
-    assert_401(gw.get("/write/x").send().await.unwrap(), &[BASIC, KEY]).await;
+    assert_401(gw.get_req("/write/x").send().await.unwrap(), &[BASIC, KEY]).await;
 }
 
 #[tokio::test]
 async fn identity_headers_cannot_be_spoofed() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let gw = gateway(&echo).await;
     let spoof = |rb: reqwest::RequestBuilder| {
         rb.header("X-Consumer-Name", "admin")
@@ -476,7 +481,7 @@ async fn identity_headers_cannot_be_spoofed() {
     };
     // On a route with authentication: the gateway's values only.
     let s = seen(
-        spoof(gw.get("/keys/x"))
+        spoof(gw.get_req("/keys/x"))
             .header("x-api-key", "k-mobile-1")
             .send()
             .await
@@ -487,13 +492,13 @@ async fn identity_headers_cannot_be_spoofed() {
     assert_eq!(s.headers("x-consumer-roles"), ["reader"]);
     assert!(!s.has("x-anonymous-consumer"));
     // On a route without authentication: none at all.
-    let s = seen(spoof(gw.get("/open/x")).send().await.unwrap()).await;
+    let s = seen(spoof(gw.get_req("/open/x")).send().await.unwrap()).await;
     assert!(!s.has("x-consumer-name"), "{s:?}");
     assert!(!s.has("x-consumer-roles"), "{s:?}");
     assert!(!s.has("x-anonymous-consumer"), "{s:?}");
     // A client's Connection header cannot strip what the gateway set or checked.
     let s = seen(
-        gw.get("/keys/x")
+        gw.get_req("/keys/x")
             .header("x-api-key", "k-mobile-1")
             .header("connection", "x-consumer-name, x-consumer-roles, x-api-key")
             .send()
@@ -508,7 +513,7 @@ async fn identity_headers_cannot_be_spoofed() {
 
 #[tokio::test]
 async fn hide_credentials_removes_what_was_checked() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let yaml = config(
         &echo,
         r#"
@@ -523,9 +528,9 @@ async fn hide_credentials_removes_what_was_checked() {
         "        consumers:",
         "        auth:\n          api_key: { query: apikey }\n        consumers:",
     );
-    let gw = Gw::start(yaml).await;
+    let gw = Gateway::start(yaml).await;
     let s = seen(
-        gw.get("/hidden/x?a=1")
+        gw.get_req("/hidden/x?a=1")
             .header("x-api-key", "k-mobile-1")
             .send()
             .await
@@ -535,7 +540,7 @@ async fn hide_credentials_removes_what_was_checked() {
     assert_eq!(s.header("x-consumer-name"), Some("mobile-app"));
     assert!(!s.has("x-api-key"), "{s:?}");
     let s = seen(
-        gw.get("/hidden/x?a=1&apikey=k-mobile-1&b=%20")
+        gw.get_req("/hidden/x?a=1&apikey=k-mobile-1&b=%20")
             .send()
             .await
             .unwrap(),
@@ -544,7 +549,7 @@ async fn hide_credentials_removes_what_was_checked() {
     assert_eq!(s.header("x-consumer-name"), Some("mobile-app"));
     assert_eq!(s.query(), Some("a=1&b=%20"));
     let s = seen(
-        gw.get("/hidden/x")
+        gw.get_req("/hidden/x")
             .header("authorization", basic("acme", "open sesame"))
             .send()
             .await
@@ -555,7 +560,7 @@ async fn hide_credentials_removes_what_was_checked() {
     assert!(!s.has("authorization"), "{s:?}");
     // Without hide_credentials the same credentials go through.
     let s = seen(
-        gw.get("/basic/x")
+        gw.get_req("/basic/x")
             .header("authorization", basic("acme", "open sesame"))
             .send()
             .await
@@ -569,8 +574,8 @@ async fn hide_credentials_removes_what_was_checked() {
 
 #[tokio::test]
 async fn ip_allow_and_deny_lists() {
-    let echo = Server::echo().await;
-    let gw = Gw::start(format!(
+    let echo = Upstream::echo().await;
+    let gw = Gateway::start(format!(
         r#"
         upstreams:
           echo: {{ targets: [ {{ url: "{}" }} ] }}
@@ -588,18 +593,18 @@ async fn ip_allow_and_deny_lists() {
         echo.url()
     ))
     .await;
-    assert_403(gw.get("/denied").send().await.unwrap(), &[]).await;
-    assert_403(gw.get("/elsewhere").send().await.unwrap(), &[]).await;
-    seen(gw.get("/allowed").send().await.unwrap()).await;
-    assert_403(gw.get("/carved").send().await.unwrap(), &[]).await;
+    assert_403(gw.get_req("/denied").send().await.unwrap(), &[]).await;
+    assert_403(gw.get_req("/elsewhere").send().await.unwrap(), &[]).await;
+    seen(gw.get_req("/allowed").send().await.unwrap()).await;
+    assert_403(gw.get_req("/carved").send().await.unwrap(), &[]).await;
     // The address is checked before credentials: 403, not 401.
-    assert_403(gw.get("/gated").send().await.unwrap(), &[]).await;
+    assert_403(gw.get_req("/gated").send().await.unwrap(), &[]).await;
     assert_eq!(echo.hits(), 1);
 }
 
 #[tokio::test]
 async fn ip_filter_uses_the_client_behind_trusted_proxies() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let routes = |trusted: &str| {
         format!(
             r#"
@@ -615,8 +620,8 @@ async fn ip_filter_uses_the_client_behind_trusted_proxies() {
             echo.url()
         )
     };
-    let gw = Gw::start(routes("127.0.0.1/32, 10.0.0.0/8")).await;
-    let xff = |v: &'static str| gw.get("/x").header("x-forwarded-for", v);
+    let gw = Gateway::start(routes("127.0.0.1/32, 10.0.0.0/8")).await;
+    let xff = |v: &'static str| gw.get_req("/x").header("x-forwarded-for", v);
     assert_403(xff("203.0.113.9").send().await.unwrap(), &[]).await;
     assert_403(xff("2001:db8::5").send().await.unwrap(), &[]).await;
     // The right-most untrusted hop is the client: a client cannot prepend an innocent one.
@@ -626,9 +631,9 @@ async fn ip_filter_uses_the_client_behind_trusted_proxies() {
     seen(xff("2001:db9::5").send().await.unwrap()).await;
 
     // From an untrusted peer, X-Forwarded-For is not believed: the peer (127.0.0.1) is judged.
-    let gw2 = Gw::start(routes("10.0.0.0/8")).await;
+    let gw2 = Gateway::start(routes("10.0.0.0/8")).await;
     seen(
-        gw2.get("/x")
+        gw2.get_req("/x")
             .header("x-forwarded-for", "203.0.113.9")
             .send()
             .await
@@ -644,8 +649,8 @@ async fn ip_filter_on_an_ipv6_listener() {
         eprintln!("no IPv6 loopback here; skipping");
         return;
     }
-    let echo = Server::echo().await;
-    let gw = Gw::start(format!(
+    let echo = Upstream::echo().await;
+    let gw = Gateway::start(format!(
         r#"
         listeners: [ {{ bind: "[::1]:0" }} ]
         upstreams:
@@ -657,8 +662,8 @@ async fn ip_filter_on_an_ipv6_listener() {
         echo.url()
     ))
     .await;
-    seen(gw.get("/in").send().await.unwrap()).await;
-    assert_403(gw.get("/out").send().await.unwrap(), &[]).await;
+    seen(gw.get_req("/in").send().await.unwrap()).await;
+    assert_403(gw.get_req("/out").send().await.unwrap(), &[]).await;
 }
 
 // ---------------------------------------------------------------- CLI
@@ -708,8 +713,8 @@ async fn cli_hash_key_and_hash_password_make_working_credentials() {
     let (ok, _, err) = cli(&["hash-password"], "");
     assert!(!ok && err.contains("empty"), "{err}");
 
-    let echo = Server::echo().await;
-    let gw = Gw::start(format!(
+    let echo = Upstream::echo().await;
+    let gw = Gateway::start(format!(
         r#"
         upstreams:
           echo: {{ targets: [ {{ url: "{}" }} ] }}
@@ -722,7 +727,7 @@ async fn cli_hash_key_and_hash_password_make_working_credentials() {
     ))
     .await;
     let s = seen(
-        gw.get("/x")
+        gw.get_req("/x")
             .header("x-api-key", new_key)
             .send()
             .await
@@ -731,7 +736,7 @@ async fn cli_hash_key_and_hash_password_make_working_credentials() {
     .await;
     assert_eq!(s.header("x-consumer-name"), Some("cli-user"));
     let s = seen(
-        gw.get("/x")
+        gw.get_req("/x")
             .header("authorization", basic("cli", "pa55 word"))
             .send()
             .await

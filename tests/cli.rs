@@ -1,10 +1,11 @@
 //! The `portcullis` command line, run as a process.
 
-mod support_ops;
+mod common;
 
+use common::free_port;
+use common::process::{blocking_get, run_cli, wait_for_status, Process};
 use std::net::SocketAddr;
 use std::time::Duration;
-use support_ops::{blocking_get, free_port, run_cli, wait_for_status, Gateway};
 
 const GOOD: &str = "\
 listeners: [ { bind: 127.0.0.1:0 } ]
@@ -47,7 +48,7 @@ routes:
 
 fn file(text: &str) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
-    let p = support_ops::write(dir.path(), "gw.yaml", text);
+    let p = common::process::write(dir.path(), "gw.yaml", text);
     (dir, p.to_str().unwrap().to_owned())
 }
 
@@ -167,7 +168,7 @@ fn help_works_for_every_subcommand() {
 #[test]
 fn run_with_a_bad_config_exits_1_with_the_diagnostics() {
     let (_d, p) = file(BAD);
-    let mut gw = Gateway::spawn(&["run", "-c", &p]);
+    let mut gw = Process::spawn(&["run", "-c", &p]);
     let code = gw.wait_exit(Duration::from_secs(10));
     assert_eq!(code, Some(Some(1)), "stderr:\n{}", gw.stderr());
     let err = gw.stderr();
@@ -192,7 +193,7 @@ routes:
     respond: {{ status: 200, json: {{ ok: true }} }}
 "
     ));
-    let mut gw = Gateway::spawn(&["run", "-c", &p]);
+    let mut gw = Process::spawn(&["run", "-c", &p]);
     assert!(
         wait_for_status(addr, "/healthz", 200, Duration::from_secs(15)),
         "the gateway did not answer; stderr:\n{}",
@@ -244,7 +245,7 @@ fn demo_answers_hello_and_proxies_to_the_echo_upstream() {
     let port = free_port();
     let admin = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut gw = Gateway::spawn(&[
+    let mut gw = Process::spawn(&[
         "demo",
         "--bind",
         &format!("127.0.0.1:{port}"),

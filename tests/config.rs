@@ -1,13 +1,14 @@
 //! Config loading and compiling: located diagnostics, `${VAR}` interpolation, units, and the
 //! access log, seen from outside (the library's public API and a running gateway).
 
-mod support_ops;
+mod common;
 
+use common::client;
+use common::process::{get, start, upstream};
 use portcullis::compile::{compile, CompileEnv, Gateway};
 use portcullis::config::{load_str, Diagnostic, Diagnostics};
 use portcullis::upstream::Pools;
 use std::time::Duration;
-use support_ops::{client, get, start, upstream};
 
 const UPSTREAMS: &str = "\
 upstreams:
@@ -435,7 +436,7 @@ fn load_and_compile_errors_are_reported_together() {
     let yaml = format!(
         "{UPSTREAMS}routes:\n  - name: a\n    match: {{ path: /a }}\n    upstreem: users\n  - name: b\n    match: {{ path: /b }}\n    upstream: users\n  - name: c\n    match: {{ path: /c }}\n    upstream: userz\n"
     );
-    let path = support_ops::write(dir.path(), "gw.yaml", &yaml);
+    let path = common::process::write(dir.path(), "gw.yaml", &yaml);
     let pools = Pools::default();
     let Err(ds) = portcullis::compile::load_and_compile(&path, &pools) else {
         panic!("expected errors");
@@ -479,7 +480,7 @@ fn access_log_format_values() {
 #[test]
 fn load_file_names_the_file_and_reports_unreadable_files() {
     let dir = tempfile::tempdir().unwrap();
-    let path = support_ops::write(
+    let path = common::process::write(
         dir.path(),
         "named.yaml",
         "routes:\n  - match: { path: /a }\n    upstream: nope\n",
@@ -564,7 +565,7 @@ routes:
 
 fn tmp_config(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let p = support_ops::write(dir.path(), "gw.yaml", text);
+    let p = common::process::write(dir.path(), "gw.yaml", text);
     (dir, p)
 }
 
@@ -674,7 +675,7 @@ routes:
 /// Reads the log file until it has at least `n` lines or 5 s have passed.
 async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     let mut lines = Vec::new();
-    support_ops::eventually(Duration::from_secs(5), || {
+    common::process::eventually(Duration::from_secs(5), || {
         lines = std::fs::read_to_string(path)
             .unwrap_or_default()
             .lines()
@@ -692,7 +693,7 @@ async fn json_access_log_has_one_line_per_request_and_no_secrets() {
     let up = upstream("up").await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let path = support_ops::write(
+    let path = common::process::write(
         dir.path(),
         "gw.yaml",
         &format!(
@@ -788,7 +789,7 @@ async fn text_access_log_has_one_line_per_request() {
     let up = upstream("up").await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let path = support_ops::write(
+    let path = common::process::write(
         dir.path(),
         "gw.yaml",
         &format!(

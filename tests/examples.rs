@@ -1,6 +1,6 @@
 //! The shipped example configs and the README's config snippets stay valid.
 
-mod support_ops;
+mod common;
 
 use portcullis::compile::{load_and_compile_str, CompileEnv};
 use portcullis::upstream::Pools;
@@ -111,7 +111,7 @@ fn the_demo_runs_the_shipped_quickstart() {
 #[test]
 fn validate_accepts_every_example() {
     for f in examples() {
-        let (code, out, err) = support_ops::run_cli(&["validate", "-c", f.to_str().unwrap()]);
+        let (code, out, err) = common::process::run_cli(&["validate", "-c", f.to_str().unwrap()]);
         assert_eq!(code, 0, "{}:\n{out}\n{err}", f.display());
         assert!(out.contains(": ok ("), "{out}");
     }

@@ -3,9 +3,10 @@
 //! token's lifetime (bounded by `cache_for`), one call for concurrent requests, an
 //! unreachable or refusing server, and introspection next to a JWT provider.
 
-mod auth_support;
+mod common;
 
-use auth_support::*;
+use common::identity::*;
+use common::*;
 use serde_json::json;
 use std::time::Duration;
 
@@ -13,8 +14,8 @@ fn bearer(t: &str) -> String {
     format!("Bearer {t}")
 }
 
-async fn gateway(echo: &Server, idp_url: &str, secret: &str, extra: &str) -> Gw {
-    Gw::start(format!(
+async fn gateway(echo: &Upstream, idp_url: &str, secret: &str, extra: &str) -> Gateway {
+    Gateway::start(format!(
         r#"
         upstreams:
           echo: {{ targets: [ {{ url: "{echo}" }} ] }}
@@ -67,13 +68,13 @@ fn active(extra: serde_json::Value) -> serde_json::Value {
 
 #[tokio::test]
 async fn active_tokens_are_accepted_and_remembered() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let idp = IntrospectionServer::start("gateway", "s3cr3t&=").await;
     idp.set("opaque-1", active(json!({})));
     let gw = gateway(&echo, &idp.url(), "s3cr3t&=", "").await;
 
     let s = seen(
-        gw.get("/api")
+        gw.get_req("/api")
             .header("authorization", bearer("opaque-1"))
             .send()
             .await
@@ -86,7 +87,7 @@ async fn active_tokens_are_accepted_and_remembered() {
     assert_eq!(idp.hits(), 1);
     for _ in 0..5 {
         seen(
-            gw.get("/api")
+            gw.get_req("/api")
                 .header("authorization", bearer("opaque-1"))
                 .send()
                 .await
@@ -98,7 +99,7 @@ async fn active_tokens_are_accepted_and_remembered() {
 
     // Scopes from the introspection answer drive `authorize`.
     seen(
-        gw.get("/scoped")
+        gw.get_req("/scoped")
             .header("authorization", bearer("opaque-1"))
             .send()
             .await
@@ -107,7 +108,7 @@ async fn active_tokens_are_accepted_and_remembered() {
     .await;
     idp.set("opaque-2", active(json!({ "scope": "billing.write" })));
     assert_403(
-        gw.get("/scoped")
+        gw.get_req("/scoped")
             .header("authorization", bearer("opaque-2"))
             .send()
             .await
@@ -121,7 +122,7 @@ async fn active_tokens_are_accepted_and_remembered() {
     let before = idp.hits();
     for t in ["revoked", "revoked", "never-issued"] {
         assert_401(
-            gw.get("/api")
+            gw.get_req("/api")
                 .header("authorization", bearer(t))
                 .send()
                 .await
@@ -138,7 +139,7 @@ async fn active_tokens_are_accepted_and_remembered() {
     idp.set("not-true", active(json!({ "active": "true" })));
     for t in ["stale", "early", "stranger", "not-true"] {
         assert_401(
-            gw.get("/api")
+            gw.get_req("/api")
                 .header("authorization", bearer(t))
                 .send()
                 .await
@@ -147,15 +148,15 @@ async fn active_tokens_are_accepted_and_remembered() {
         )
         .await;
     }
-    assert_401(gw.get("/api").send().await.unwrap(), &[BEARER]).await;
+    assert_401(gw.get_req("/api").send().await.unwrap(), &[BEARER]).await;
 }
 
 #[tokio::test]
 async fn the_cache_ends_at_the_tokens_exp_and_at_cache_for() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let idp = IntrospectionServer::start("gateway", "pw").await;
     let gw = gateway(&echo, &idp.url(), "pw", "cache_for: 1s").await;
-    let get = |t: &'static str| gw.get("/api").header("authorization", bearer(t)).send();
+    let get = |t: &'static str| gw.get_req("/api").header("authorization", bearer(t)).send();
 
     // Lives longer than cache_for: asked again after 1s.
     idp.set("long", active(json!({})));
@@ -170,7 +171,7 @@ async fn the_cache_ends_at_the_tokens_exp_and_at_cache_for() {
     let gw2 = gateway(&echo, &idp.url(), "pw", "cache_for: 1h").await;
     idp.set("short", active(json!({ "exp": now() + 2 })));
     let get2 = || {
-        gw2.get("/api")
+        gw2.get_req("/api")
             .header("authorization", bearer("short"))
             .send()
     };
@@ -185,11 +186,11 @@ async fn the_cache_ends_at_the_tokens_exp_and_at_cache_for() {
 
 #[tokio::test]
 async fn concurrent_requests_share_one_introspection() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     // A slow authorization server, so the requests overlap.
     let idp = IntrospectionServer::start("gateway", "pw").await;
     idp.set("hot", active(json!({})));
-    let slow = Server::serve({
+    let slow = Upstream::serve({
         let target = idp.url();
         move |req: hyper::Request<hyper::body::Incoming>| {
             let target = target.clone();
@@ -223,7 +224,7 @@ async fn concurrent_requests_share_one_introspection() {
     let gw = gateway(&echo, &format!("{}/introspect", slow.url()), "pw", "").await;
     let mut tasks = Vec::new();
     for _ in 0..10 {
-        let req = gw.get("/api").header("authorization", bearer("hot"));
+        let req = gw.get_req("/api").header("authorization", bearer("hot"));
         tasks.push(tokio::spawn(async move {
             req.send().await.unwrap().status().as_u16()
         }));
@@ -237,18 +238,18 @@ async fn concurrent_requests_share_one_introspection() {
 
 #[tokio::test]
 async fn a_server_that_cannot_be_asked_is_503() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let idp = IntrospectionServer::start("gateway", "right").await;
     idp.set("t", active(json!({})));
     // Wrong client secret: the server says 401 to the gateway; that is not "inactive".
     let gw = gateway(&echo, &idp.url(), "wrong", "").await;
     let res = gw
-        .get("/api")
+        .get_req("/api")
         .header("authorization", bearer("t"))
         .send()
         .await
         .unwrap();
-    problem(res, 503, "identity-provider-unavailable").await;
+    problem_typed(res, 503, "identity-provider-unavailable").await;
     assert_eq!(idp.hits(), 1);
     // Nobody listening.
     let closed = {
@@ -263,18 +264,18 @@ async fn a_server_that_cannot_be_asked_is_503() {
     )
     .await;
     let res = gw
-        .get("/api")
+        .get_req("/api")
         .header("authorization", bearer("t"))
         .send()
         .await
         .unwrap();
-    problem(res, 503, "identity-provider-unavailable").await;
+    problem_typed(res, 503, "identity-provider-unavailable").await;
     assert_eq!(echo.hits(), 0);
 }
 
 #[tokio::test]
 async fn jwts_and_opaque_tokens_on_one_route() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let idp = IntrospectionServer::start("gateway", "pw").await;
     idp.set("opaque", active(json!({})));
     let gw = gateway(&echo, &idp.url(), "pw", "").await;
@@ -284,7 +285,7 @@ async fn jwts_and_opaque_tokens_on_one_route() {
     )
     .sign(&claims(json!({})));
     let s = seen(
-        gw.get("/mixed")
+        gw.get_req("/mixed")
             .header("authorization", bearer(&jwt))
             .send()
             .await
@@ -294,7 +295,7 @@ async fn jwts_and_opaque_tokens_on_one_route() {
     assert!(!s.has("x-consumer-name"), "the local JWT names no consumer");
     assert_eq!(idp.hits(), 0, "a valid JWT needs no introspection");
     let s = seen(
-        gw.get("/mixed")
+        gw.get_req("/mixed")
             .header("authorization", bearer("opaque"))
             .send()
             .await
@@ -303,7 +304,7 @@ async fn jwts_and_opaque_tokens_on_one_route() {
     .await;
     assert_eq!(s.header("x-consumer-name"), Some("billing"));
     assert_401(
-        gw.get("/mixed")
+        gw.get_req("/mixed")
             .header("authorization", bearer("neither"))
             .send()
             .await

@@ -3,9 +3,10 @@
 //! an unreachable JWKS), every rejection case, clock leeway, token sources, claims mapped to
 //! a consumer and forwarded, and `authorize` by scope and claim. Keys are generated per test.
 
-mod auth_support;
+mod common;
 
-use auth_support::*;
+use common::identity::*;
+use common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 use std::time::Duration;
@@ -18,7 +19,7 @@ fn bearer(t: &str) -> String {
 
 /// The config: one echo upstream, one consumer, then the given `auth:` body and routes
 /// (each written at any indentation).
-fn config(echo: &Server, auth: &str, routes: &str) -> String {
+fn config(echo: &Upstream, auth: &str, routes: &str) -> String {
     format!(
         "upstreams:\n  echo: {{ targets: [ {{ url: \"{}\" }} ] }}\nconsumers:\n  - {{ name: web-app, ids: [client-123], roles: [reader] }}\nauth:\n{}\nroutes:\n{}\n",
         echo.url(),
@@ -35,8 +36,8 @@ fn shift(text: &str, by: usize) -> String {
         .join("\n")
 }
 
-async fn gateway(echo: &Server, auth: &str, routes: &str) -> Gw {
-    Gw::start(config(echo, auth, routes)).await
+async fn gateway(echo: &Upstream, auth: &str, routes: &str) -> Gateway {
+    Gateway::start(config(echo, auth, routes)).await
 }
 
 /// A route `/NAME` per provider, authenticating with it alone.
@@ -58,7 +59,7 @@ fn pem_yaml(key: &SigningKey) -> String {
 
 #[tokio::test]
 async fn every_algorithm_verifies_inline_and_from_a_jwks() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let rsa = SigningKey::new(Algorithm::RS256, "rsa");
     let es256 = SigningKey::new(Algorithm::ES256, "p256");
     let es384 = SigningKey::new(Algorithm::ES384, "p384");
@@ -100,10 +101,10 @@ async fn every_algorithm_verifies_inline_and_from_a_jwks() {
     let routes = routes_for(&[
         "hs256", "hs384", "hs512", "rsa", "es256", "es384", "ed", "jwks",
     ]);
-    let gw = Gw::start_in(dir, config(&echo, &auth, &routes)).await;
+    let gw = Gateway::start_in(dir, config(&echo, &auth, &routes)).await;
 
     let ok = |path: &'static str, token: String| {
-        let req = gw.get(path).header("authorization", bearer(&token));
+        let req = gw.get_req(path).header("authorization", bearer(&token));
         async move {
             let res = req.send().await.unwrap();
             assert_eq!(res.status(), 200, "{path}: {}", res.text().await.unwrap());
@@ -152,14 +153,14 @@ async fn every_algorithm_verifies_inline_and_from_a_jwks() {
 
     // Keys of the wrong curve or family do not verify.
     let r = gw
-        .get("/es256")
+        .get_req("/es256")
         .header("authorization", bearer(&es384.sign(&c)))
         .send()
         .await
         .unwrap();
     assert_401(r, &[BEARER_INVALID]).await;
     let r = gw
-        .get("/hs256")
+        .get_req("/hs256")
         .header(
             "authorization",
             bearer(
@@ -187,7 +188,7 @@ fn idp_auth(jwks: &JwksServer, extra: &str) -> String {
 
 #[tokio::test]
 async fn every_rejection_is_401_invalid_token() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let rsa = SigningKey::new(Algorithm::RS256, "k1");
     let es = SigningKey::new(Algorithm::ES256, "k2");
     let jwks = JwksServer::start(&[&rsa, &es]).await;
@@ -198,7 +199,9 @@ async fn every_rejection_is_401_invalid_token() {
     );
     let gw = gateway(&echo, &auth, &routes_for(&["idp", "pem"])).await;
     let send = |path: &'static str, token: String| {
-        gw.get(path).header("authorization", bearer(&token)).send()
+        gw.get_req(path)
+            .header("authorization", bearer(&token))
+            .send()
     };
 
     // The good ones first: the rejections below are not a broken setup.
@@ -311,16 +314,16 @@ async fn every_rejection_is_401_invalid_token() {
     }
     // An empty bearer token and a missing one.
     let res = gw
-        .get("/idp")
+        .get_req("/idp")
         .header("authorization", "Bearer ")
         .send()
         .await
         .unwrap();
     assert_401(res, &[BEARER_INVALID]).await;
-    assert_401(gw.get("/idp").send().await.unwrap(), &[BEARER]).await;
+    assert_401(gw.get_req("/idp").send().await.unwrap(), &[BEARER]).await;
     // Basic credentials are not a bearer token: missing, not invalid.
     let res = gw
-        .get("/idp")
+        .get_req("/idp")
         .header("authorization", "Basic dTpw")
         .send()
         .await
@@ -332,7 +335,7 @@ async fn every_rejection_is_401_invalid_token() {
 
 #[tokio::test]
 async fn clock_leeway_on_exp_nbf_and_iat() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let key = SigningKey::hmac(Algorithm::HS256, SECRET.as_bytes());
     let auth = format!(
         r#"
@@ -344,7 +347,7 @@ async fn clock_leeway_on_exp_nbf_and_iat() {
     let gw = gateway(&echo, &auth, &routes_for(&["lenient", "strict"])).await;
     let status = |path: &'static str, extra: serde_json::Value| {
         let req = gw
-            .get(path)
+            .get_req(path)
             .header("authorization", bearer(&key.sign(&claims(extra))));
         async move { req.send().await.unwrap().status().as_u16() }
     };
@@ -366,14 +369,14 @@ async fn clock_leeway_on_exp_nbf_and_iat() {
 
 #[tokio::test]
 async fn a_cached_token_still_expires() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let key = SigningKey::hmac(Algorithm::HS256, SECRET.as_bytes());
     let auth =
         format!("jwt:\n  short: {{ secret: \"{SECRET}\", algorithms: [HS256], leeway: 0s }}\n");
     let gw = gateway(&echo, &auth, &routes_for(&["short"])).await;
     let token = key.sign(&claims(json!({ "exp": now() + 2 })));
     let get = || {
-        gw.get("/short")
+        gw.get_req("/short")
             .header("authorization", bearer(&token))
             .send()
     };
@@ -385,7 +388,7 @@ async fn a_cached_token_still_expires() {
 
 #[tokio::test]
 async fn tokens_from_a_cookie_or_a_query_parameter() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let key = SigningKey::hmac(Algorithm::HS256, SECRET.as_bytes());
     let auth = format!(
         r#"
@@ -402,7 +405,7 @@ async fn tokens_from_a_cookie_or_a_query_parameter() {
     let t = key.sign(&claims(json!({})));
 
     seen(
-        gw.get("/web")
+        gw.get_req("/web")
             .header("authorization", bearer(&t))
             .send()
             .await
@@ -410,7 +413,7 @@ async fn tokens_from_a_cookie_or_a_query_parameter() {
     )
     .await;
     let s = seen(
-        gw.get("/web")
+        gw.get_req("/web")
             .header("cookie", format!("theme=dark; session={t}"))
             .send()
             .await
@@ -422,7 +425,7 @@ async fn tokens_from_a_cookie_or_a_query_parameter() {
         "not hidden by default"
     );
     let s = seen(
-        gw.get(&format!("/web?x=1&access_token={t}"))
+        gw.get_req(&format!("/web?x=1&access_token={t}"))
             .send()
             .await
             .unwrap(),
@@ -432,23 +435,23 @@ async fn tokens_from_a_cookie_or_a_query_parameter() {
 
     // Two places at once: refused.
     let both = gw
-        .get(&format!("/web?access_token={t}"))
+        .get_req(&format!("/web?access_token={t}"))
         .header("authorization", bearer(&t))
         .send()
         .await
         .unwrap();
-    problem(both, 400, "bad-request").await;
+    problem_typed(both, 400, "bad-request").await;
     let two_cookies = gw
-        .get("/web")
+        .get_req("/web")
         .header("cookie", format!("session={t}; session=other"))
         .send()
         .await
         .unwrap();
-    problem(two_cookies, 400, "bad-request").await;
+    problem_typed(two_cookies, 400, "bad-request").await;
 
     // `bearer: false`: the Authorization header is not looked at.
     seen(
-        gw.get("/cookie-only")
+        gw.get_req("/cookie-only")
             .header("cookie", format!("session={t}"))
             .send()
             .await
@@ -456,7 +459,7 @@ async fn tokens_from_a_cookie_or_a_query_parameter() {
     )
     .await;
     assert_401(
-        gw.get("/cookie-only")
+        gw.get_req("/cookie-only")
             .header("authorization", bearer(&t))
             .send()
             .await
@@ -465,7 +468,7 @@ async fn tokens_from_a_cookie_or_a_query_parameter() {
     )
     .await;
     assert_401(
-        gw.get("/cookie-only")
+        gw.get_req("/cookie-only")
             .header("cookie", "session=nope")
             .send()
             .await
@@ -476,7 +479,7 @@ async fn tokens_from_a_cookie_or_a_query_parameter() {
 
     // hide_credentials: the token does not reach the upstream, wherever it came from.
     let s = seen(
-        gw.get("/hidden")
+        gw.get_req("/hidden")
             .header("cookie", format!("theme=dark; session={t}"))
             .send()
             .await
@@ -485,7 +488,7 @@ async fn tokens_from_a_cookie_or_a_query_parameter() {
     .await;
     assert_eq!(s.header("cookie"), Some("theme=dark"));
     let s = seen(
-        gw.get(&format!("/hidden?x=1&access_token={t}"))
+        gw.get_req(&format!("/hidden?x=1&access_token={t}"))
             .send()
             .await
             .unwrap(),
@@ -493,7 +496,7 @@ async fn tokens_from_a_cookie_or_a_query_parameter() {
     .await;
     assert_eq!(s.query(), Some("x=1"));
     let s = seen(
-        gw.get("/hidden")
+        gw.get_req("/hidden")
             .header("authorization", bearer(&t))
             .send()
             .await
@@ -505,7 +508,7 @@ async fn tokens_from_a_cookie_or_a_query_parameter() {
 
 #[tokio::test]
 async fn claims_name_the_consumer_and_are_forwarded() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let rsa = SigningKey::new(Algorithm::RS256, "k1");
     let jwks = JwksServer::start(&[&rsa]).await;
     let extra = "consumer_claim: client_id
@@ -523,7 +526,7 @@ async fn claims_name_the_consumer_and_are_forwarded() {
         "realm_access": { "roles": ["admin", "reader"] },
     })));
     let s = seen(
-        gw.get("/idp")
+        gw.get_req("/idp")
             .header("authorization", bearer(&token))
             .header("x-user-email", "mallory@example.com")
             .header("x-consumer-name", "someone-else")
@@ -541,7 +544,7 @@ async fn claims_name_the_consumer_and_are_forwarded() {
     // A token whose claim names no consumer is refused.
     let stranger = rsa.sign(&claims(json!({ "client_id": "client-999" })));
     assert_401(
-        gw.get("/idp")
+        gw.get_req("/idp")
             .header("authorization", bearer(&stranger))
             .send()
             .await
@@ -551,7 +554,7 @@ async fn claims_name_the_consumer_and_are_forwarded() {
     .await;
     let no_claim = rsa.sign(&claims(json!({})));
     assert_401(
-        gw.get("/idp")
+        gw.get_req("/idp")
             .header("authorization", bearer(&no_claim))
             .send()
             .await
@@ -562,7 +565,7 @@ async fn claims_name_the_consumer_and_are_forwarded() {
 
     // Forwarded-claim headers sent by a client are removed on every route.
     let s = seen(
-        gw.get("/open")
+        gw.get_req("/open")
             .header("x-user-email", "mallory@example.com")
             .header("x-user-id", "root")
             .send()
@@ -575,7 +578,7 @@ async fn claims_name_the_consumer_and_are_forwarded() {
 
 #[tokio::test]
 async fn authorize_by_scope_claim_and_token_role() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let rsa = SigningKey::new(Algorithm::RS256, "k1");
     let jwks = JwksServer::start(&[&rsa]).await;
     let routes = r#"
@@ -603,7 +606,7 @@ async fn authorize_by_scope_claim_and_token_role() {
     let gw = gateway(&echo, &idp_auth(&jwks, "roles_claim: roles"), routes).await;
     let status = |path: &'static str, extra: serde_json::Value| {
         let req = gw
-            .get(path)
+            .get_req(path)
             .header("authorization", bearer(&rsa.sign(&claims(extra))));
         async move { req.send().await.unwrap() }
     };
@@ -659,25 +662,25 @@ async fn authorize_by_scope_claim_and_token_role() {
     )
     .await;
     // No token at all: 401, with both challenges of the route.
-    assert_401(gw.get("/read").send().await.unwrap(), &[BEARER, KEY]).await;
+    assert_401(gw.get_req("/read").send().await.unwrap(), &[BEARER, KEY]).await;
 }
 
 #[tokio::test]
 async fn jwks_rotation_refetches_on_an_unknown_kid_at_a_limited_rate() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let a = SigningKey::new(Algorithm::ES256, "a");
     let b = SigningKey::new(Algorithm::ES256, "b");
     let jwks = JwksServer::start(&[&a]).await;
     let gw = gateway(&echo, &idp_auth(&jwks, ""), &routes_for(&["idp"])).await;
     let get = |key: &SigningKey| {
         let req = gw
-            .get("/idp")
+            .get_req("/idp")
             .header("authorization", bearer(&key.sign(&claims(json!({})))));
         async move { req.send().await.unwrap().status().as_u16() }
     };
     let token_a = a.sign(&claims(json!({})));
     let send_a = || {
-        gw.get("/idp")
+        gw.get_req("/idp")
             .header("authorization", bearer(&token_a))
             .send()
     };
@@ -711,7 +714,7 @@ async fn jwks_rotation_refetches_on_an_unknown_kid_at_a_limited_rate() {
 
 #[tokio::test]
 async fn jwks_is_refreshed_in_the_background() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let a = SigningKey::new(Algorithm::ES256, "a");
     let b = SigningKey::new(Algorithm::ES256, "b");
     let jwks = JwksServer::start(&[&a, &b]).await;
@@ -724,7 +727,7 @@ async fn jwks_is_refreshed_in_the_background() {
     .await;
     let token_a = a.sign(&claims(json!({})));
     let send_a = || {
-        gw.get("/idp")
+        gw.get_req("/idp")
             .header("authorization", bearer(&token_a))
             .send()
     };
@@ -741,7 +744,7 @@ async fn jwks_is_refreshed_in_the_background() {
     assert_401(send_a().await.unwrap(), &[BEARER_INVALID]).await;
     let token_b = b.sign(&claims(json!({})));
     let res = gw
-        .get("/idp")
+        .get_req("/idp")
         .header("authorization", bearer(&token_b))
         .send()
         .await
@@ -751,12 +754,12 @@ async fn jwks_is_refreshed_in_the_background() {
 
 #[tokio::test]
 async fn an_unreachable_jwks_is_503_not_401() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let broken = Server::serve(|_req| async {
+    let broken = Upstream::serve(|_req| async {
         hyper::Response::builder()
             .status(500)
             .body(http_body_util::Full::new(bytes::Bytes::from_static(
@@ -781,22 +784,22 @@ async fn an_unreachable_jwks_is_503_not_401() {
     let token = SigningKey::new(Algorithm::RS256, "k").sign(&claims(json!({})));
     for path in ["/down", "/broken"] {
         let res = gw
-            .get(path)
+            .get_req(path)
             .header("authorization", bearer(&token))
             .send()
             .await
             .unwrap();
-        let (h, _) = problem(res, 503, "identity-provider-unavailable").await;
+        let (h, _) = problem_with_headers(res, 503, "identity-provider-unavailable").await;
         assert!(challenges(&h).is_empty());
     }
     // Without a token the provider is not needed: the usual 401.
-    assert_401(gw.get("/down").send().await.unwrap(), &[BEARER]).await;
+    assert_401(gw.get_req("/down").send().await.unwrap(), &[BEARER]).await;
     assert_eq!(echo.hits(), 0);
 }
 
 #[tokio::test]
 async fn jwks_over_https_with_a_private_ca() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let pki = Pki::new("IdP CA");
     let key = SigningKey::new(Algorithm::ES256, "k1");
     let jwks = JwksServer::start_tls(&pki.server("localhost"), &[&key]).await;
@@ -811,14 +814,14 @@ async fn jwks_over_https_with_a_private_ca() {
         "#,
         url = jwks.url()
     );
-    let gw = Gw::start_in(
+    let gw = Gateway::start_in(
         dir,
         config(&echo, &auth, &routes_for(&["trusted", "untrusted"])),
     )
     .await;
     let token = key.sign(&claims(json!({})));
     seen(
-        gw.get("/trusted")
+        gw.get_req("/trusted")
             .header("authorization", bearer(&token))
             .send()
             .await
@@ -827,10 +830,10 @@ async fn jwks_over_https_with_a_private_ca() {
     .await;
     // The IdP's certificate does not chain to the system roots: no keys, 503.
     let res = gw
-        .get("/untrusted")
+        .get_req("/untrusted")
         .header("authorization", bearer(&token))
         .send()
         .await
         .unwrap();
-    problem(res, 503, "identity-provider-unavailable").await;
+    problem_typed(res, 503, "identity-provider-unavailable").await;
 }

@@ -1,9 +1,10 @@
 //! `GET /metrics` after a known sequence of requests: exact counter values, histogram counts,
 //! bytes, connections, per-target state, reloads and the policy counters' interface.
 
-mod observe_support;
+mod common;
 
-use observe_support::{closed_port, eventually, Gw, Metrics, Upstream};
+use common::observe::{eventually, Metrics};
+use common::{closed_port, Admin, Gateway, Upstream};
 use reqwest::Method;
 use std::time::Duration;
 
@@ -16,10 +17,12 @@ fn upstream_answer(path: &str) -> (u16, &'static str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_and_histograms_after_a_known_sequence() {
-    let up = Upstream::start(upstream_answer).await;
+    let up = Upstream::recording(upstream_answer).await;
     let dead = closed_port().await;
-    let gw = Gw::start(&format!(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Token,
+        &format!(
+            r#"
         upstreams:
           app: {{ targets: [ {{ url: "http://{}" }} ] }}
           dead: {{ targets: [ {{ url: "http://{dead}" }} ] }}
@@ -32,10 +35,11 @@ async fn counters_and_histograms_after_a_known_sequence() {
             match: {{ path: "/broken/{{*rest}}" }}
             upstream: dead
         "#,
-        up.addr
-    ))
+            up.addr
+        ),
+    )
     .await;
-    let c = observe_support::client();
+    let c = common::client();
     let mut bytes_out = 0u64;
     let send = |m: Method, path: &str, body: &'static str| {
         let req = c.request(m, gw.url(path)).body(body);
@@ -219,8 +223,10 @@ async fn in_flight_counts_requests_waiting_on_a_target() {
             });
         }
     });
-    let gw = Gw::start(&format!(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Token,
+        &format!(
+            r#"
         upstreams:
           slow: {{ targets: [ {{ url: "http://{addr}" }} ] }}
         routes:
@@ -228,12 +234,13 @@ async fn in_flight_counts_requests_waiting_on_a_target() {
             match: {{ path: "/{{*rest}}" }}
             upstream: slow
         "#
-    ))
+        ),
+    )
     .await;
     let series =
         format!("portcullis_upstream_target_in_flight{{upstream=\"slow\",target=\"{addr}\"}}");
     let url = gw.url("/x");
-    let pending = tokio::spawn(async move { observe_support::client().get(url).send().await });
+    let pending = tokio::spawn(async move { common::client().get(url).send().await });
     eventually(Duration::from_secs(10), "one request in flight", || async {
         (gw.metrics().await.get(&series) == 1.0).then_some(())
     })
@@ -253,7 +260,8 @@ async fn in_flight_counts_requests_waiting_on_a_target() {
 
 #[tokio::test]
 async fn reloads_and_policy_counters_are_exported() {
-    let gw = Gw::start(
+    let gw = Gateway::start_as(
+        Admin::Token,
         r#"
         routes:
           - name: metrics-reload-route
@@ -318,7 +326,8 @@ async fn reloads_and_policy_counters_are_exported() {
 
 #[tokio::test]
 async fn counters_survive_a_reload() {
-    let gw = Gw::start(
+    let gw = Gateway::start_as(
+        Admin::Token,
         r#"
         routes:
           - name: kept

@@ -2,26 +2,27 @@
 //! the listener (`client_auth: optional` and `required`), mapped to consumers by SAN or CN,
 //! refused when unknown or from another CA, and the config errors of `client_ca`.
 
-mod auth_support;
+mod common;
 
-use auth_support::*;
+use common::identity::*;
+use common::*;
 use std::net::SocketAddr;
 
 struct Setup {
-    gw: Gw,
+    gw: Gateway,
     server_ca: rustls_pki_types::CertificateDer<'static>,
     clients: Pki,
 }
 
-async fn setup(echo: &Server) -> Setup {
-    let server_pki = Pki::new("Server CA");
+async fn setup(echo: &Upstream) -> Setup {
+    let server_pki = Pki::new("Upstream CA");
     let clients = Pki::new("Client CA");
     let server = server_pki.server("gw.test");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("server.pem"), &server.pem).unwrap();
     std::fs::write(dir.path().join("server.key"), &server.key_pem).unwrap();
     std::fs::write(dir.path().join("clients-ca.pem"), clients.ca_pem()).unwrap();
-    let gw = Gw::start_in(
+    let gw = Gateway::start_in(
         dir,
         format!(
             r#"
@@ -73,8 +74,9 @@ impl Setup {
             .no_proxy()
             .timeout(std::time::Duration::from_secs(10))
             .resolve("gw.test", addr)
-            .use_preconfigured_tls(tls_config(
+            .use_preconfigured_tls(tls_config_with_cert(
                 std::slice::from_ref(&self.server_ca),
+                &[b"http/1.1"],
                 cert.map(Issued::identity),
             ))
             .build()
@@ -85,7 +87,7 @@ impl Setup {
 
 #[tokio::test]
 async fn optional_client_certificates_map_to_consumers() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let s = setup(&echo).await;
     let by_san = s
         .clients
@@ -140,7 +142,7 @@ async fn optional_client_certificates_map_to_consumers() {
 
 #[tokio::test]
 async fn required_client_certificates_and_foreign_cas() {
-    let echo = Server::echo().await;
+    let echo = Upstream::echo().await;
     let s = setup(&echo).await;
     let good = s
         .clients
@@ -196,7 +198,7 @@ fn client_ca_config_errors() {
 #[test]
 fn unreadable_client_ca_is_located() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new("Server CA");
+    let pki = Pki::new("Upstream CA");
     let server = pki.server("gw.test");
     std::fs::write(dir.path().join("server.pem"), &server.pem).unwrap();
     std::fs::write(dir.path().join("server.key"), &server.key_pem).unwrap();

@@ -2,13 +2,14 @@
 //! requests. A test file of its own: the counters are process-wide, so no other test may run
 //! in this process at the same time.
 
-mod observe_support;
+mod common;
 
-use observe_support::Gw;
+use common::{Admin, Gateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_failures_and_rate_limit_rejections_are_counted() {
-    let gw = Gw::start(
+    let gw = Gateway::start_as(
+        Admin::Token,
         r#"
 consumers:
   - { name: reader, roles: [reader], api_keys: ["key-r"] }
@@ -27,7 +28,7 @@ routes:
 "#,
     )
     .await;
-    let c = observe_support::client();
+    let c = common::client();
     let call = |path: &'static str, key: Option<&'static str>| {
         let mut r = c.get(gw.url(path));
         if let Some(k) = key {

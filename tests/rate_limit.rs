@@ -7,10 +7,9 @@
 //! first align themselves to a window boundary.
 
 mod common;
-mod ratelimit_support;
 
+use common::traffic::{align_to_window, header};
 use common::{assert_type, problem, Gateway, UpBody, Upstream};
-use ratelimit_support::{align_to_window, header};
 use reqwest::Method;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -7,13 +7,12 @@
 //! `redis://127.0.0.1:6379`). Every test uses its own key prefix.
 
 mod common;
-mod ratelimit_support;
 
-use common::{assert_type, problem, Gateway, Upstream};
-use ratelimit_support::{
+use common::traffic::{
     align_to_window, command_calls, header, keys_with_ttl, redis_url, unique_prefix, ChildGateway,
     Monitor, RedisServer, Tally,
 };
+use common::{assert_type, problem, Gateway, Upstream};
 use reqwest::Method;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,12 +1,13 @@
 //! Hot reload (explicit, file watch, SIGHUP) and graceful shutdown, from outside.
 
-mod support_ops;
+mod common;
 
+use common::process::{eventually, get, start, upstream, write, write_atomic};
+use common::{client, free_port};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support_ops::{client, eventually, free_port, get, start, upstream, write, write_atomic};
 
 /// A config with one listener on a free port, the `api` route to `up`, and `extra` appended
 /// to the routes.
@@ -425,14 +426,14 @@ fn sighup_reloads_the_running_process() {
     let link = link_dir.path().join("gw.yaml");
     std::os::unix::fs::symlink(&real, &link).unwrap();
 
-    let mut gw = support_ops::Gateway::spawn(&["run", "-c", link.to_str().unwrap()]);
+    let mut gw = common::process::Process::spawn(&["run", "-c", link.to_str().unwrap()]);
     assert!(
-        support_ops::wait_for_status(addr, "/a", 200, Duration::from_secs(15)),
+        common::process::wait_for_status(addr, "/a", 200, Duration::from_secs(15)),
         "not serving; stderr:\n{}",
         gw.stderr()
     );
     assert_eq!(
-        support_ops::blocking_get(addr, "/v2").map(|r| r.0),
+        common::process::blocking_get(addr, "/v2").map(|r| r.0),
         Some(404)
     );
     // The SIGHUP handler is installed by a task spawned at start; give it a moment.
@@ -442,13 +443,13 @@ fn sighup_reloads_the_running_process() {
     // Without SIGHUP nothing changes.
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(
-        support_ops::blocking_get(addr, "/v2").map(|r| r.0),
+        common::process::blocking_get(addr, "/v2").map(|r| r.0),
         Some(404),
         "reloaded without SIGHUP?"
     );
     gw.signal("HUP");
     assert!(
-        support_ops::wait_for_status(addr, "/v2", 200, Duration::from_secs(5)),
+        common::process::wait_for_status(addr, "/v2", 200, Duration::from_secs(5)),
         "no reload after SIGHUP; stderr:\n{}",
         gw.stderr()
     );
@@ -460,7 +461,7 @@ fn sighup_reloads_the_running_process() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(gw.alive());
     assert_eq!(
-        support_ops::blocking_get(addr, "/v2").map(|r| r.0),
+        common::process::blocking_get(addr, "/v2").map(|r| r.0),
         Some(200)
     );
     assert!(gw.stderr().contains("reload rejected"), "{}", gw.stderr());
@@ -472,7 +473,7 @@ fn sighup_reloads_the_running_process() {
 // --- graceful shutdown
 
 async fn slow_gateway() -> (
-    support_ops::Upstream,
+    common::process::TaggedUpstream,
     tempfile::TempDir,
     portcullis::server::ServerHandle,
 ) {

@@ -2,9 +2,10 @@
 //! written here: names, parent/child ids, the client's trace id, attributes, sampling, and
 //! no secret in any span.
 
-mod observe_support;
+mod common;
 
-use observe_support::{attr, closed_port, Collector, Gw, Upstream};
+use common::observe::{attr, Collector};
+use common::{closed_port, Admin, Gateway, Upstream};
 use portcullis::observe::trace::parse_traceparent;
 use serde_json::Value;
 
@@ -18,10 +19,12 @@ const SECRETS: [&str; 5] = [
     "s3cr3t-collector-key",
 ];
 
-async fn gateway(collector: &Collector, up: &Upstream, ratio: f64) -> Gw {
+async fn gateway(collector: &Collector, up: &Upstream, ratio: f64) -> Gateway {
     let dead = closed_port().await;
-    Gw::start(&format!(
-        r#"
+    Gateway::start_as(
+        Admin::Token,
+        &format!(
+            r#"
         tracing:
           otlp:
             endpoint: "{}"
@@ -42,9 +45,10 @@ async fn gateway(collector: &Collector, up: &Upstream, ratio: f64) -> Gw {
             match: {{ path: "/direct" }}
             respond: {{ status: 200, body: hi }}
         "#,
-        collector.endpoint(),
-        up.addr
-    ))
+            collector.endpoint(),
+            up.addr
+        ),
+    )
     .await
 }
 
@@ -235,16 +239,19 @@ async fn failed_tries_are_error_spans() {
 #[tokio::test]
 async fn without_tracing_trace_headers_pass_through_unchanged() {
     let up = Upstream::hello().await;
-    let gw = Gw::start(&format!(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Token,
+        &format!(
+            r#"
         upstreams:
           app: {{ targets: [ {{ url: "http://{}" }} ] }}
         routes:
           - match: {{ path: "/{{*rest}}" }}
             upstream: app
         "#,
-        up.addr
-    ))
+            up.addr
+        ),
+    )
     .await;
     let tp = format!("00-{TRACE}-{CLIENT_SPAN}-01");
     gw.client
@@ -262,7 +269,8 @@ async fn without_tracing_trace_headers_pass_through_unchanged() {
 
 #[tokio::test]
 async fn tracing_config_errors_are_located() {
-    let r = Gw::try_start(
+    let r = Gateway::try_start_as(
+        Admin::Token,
         r#"
         tracing:
           otlp: { endpoint: "http://127.0.0.1:4318", protocol: grpc, sample_ratio: 2 }

@@ -4,12 +4,13 @@
 //!
 //! Each test sends a bounded number of requests to 127.0.0.1 and finishes in seconds.
 
-mod upstreams_support;
+mod common;
 
+use common::backends::*;
+use common::{problem_typed, Admin, Gateway};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use upstreams_support::*;
 
 fn fill(yaml: &str, vars: &[(&str, String)]) -> String {
     let mut out = yaml.to_owned();
@@ -75,8 +76,10 @@ async fn killed_target_mid_load_idempotent_gets_see_no_errors() {
     for t in [&a, &b, &c] {
         t.set_delay(Duration::from_millis(5));
     }
-    let gw = Gateway::start(&fill(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Open,
+        &fill(
+            r#"
         upstreams:
           u:
             balance: least_connections
@@ -86,8 +89,9 @@ async fn killed_target_mid_load_idempotent_gets_see_no_errors() {
         routes:
           - { match: { path: "/{*rest}" }, upstream: u }
         "#,
-        &[("A", a.url()), ("B", b.url()), ("C", c.url())],
-    ))
+            &[("A", a.url()), ("B", b.url()), ("C", c.url())],
+        ),
+    )
     .await;
     let gw = Arc::new(gw);
     let runner = {
@@ -127,8 +131,10 @@ async fn killed_target_mid_load_idempotent_gets_see_no_errors() {
 async fn slow_target_per_try_timeout_moves_on() {
     let (slow, fast) = (Backend::start("slow").await, Backend::start("fast").await);
     slow.set_delay(Duration::from_secs(3));
-    let gw = Gateway::start(&fill(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Open,
+        &fill(
+            r#"
         upstreams:
           u:
             balance: round_robin
@@ -142,8 +148,9 @@ async fn slow_target_per_try_timeout_moves_on() {
           - { match: { path: "/u" }, upstream: u }
           - { match: { path: "/total" }, upstream: total }
         "#,
-        &[("S", slow.url()), ("F", fast.url())],
-    ))
+            &[("S", slow.url()), ("F", fast.url())],
+        ),
+    )
     .await;
     for _ in 0..6 {
         let started = Instant::now();
@@ -159,7 +166,7 @@ async fn slow_target_per_try_timeout_moves_on() {
     assert_eq!(slow.hits(), 6);
     // Without retries the total timeout answers 504 and says how long it waited.
     let started = Instant::now();
-    let p = problem(gw.get("/total").await, 504, "upstream-timeout").await;
+    let p = problem_typed(gw.get("/total").await, 504, "upstream-timeout").await;
     assert!(p["detail"].as_str().unwrap().contains("200 ms"), "{p}");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
@@ -168,7 +175,7 @@ async fn slow_target_per_try_timeout_moves_on() {
 async fn flapping_target_costs_no_errors() {
     let (flap, steady) = (Backend::start("flap").await, Backend::start("steady").await);
     let gw = Arc::new(
-        Gateway::start(&fill(
+        Gateway::start_as(Admin::Open, &fill(
             r#"
             upstreams:
               u:
@@ -213,8 +220,10 @@ async fn flapping_target_costs_no_errors() {
 #[tokio::test]
 async fn all_targets_down_then_one_comes_back() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let gw = Gateway::start(&fill(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Open,
+        &fill(
+            r#"
         upstreams:
           strict:
             targets: [ { url: "$A" }, { url: "$B" } ]
@@ -228,8 +237,9 @@ async fn all_targets_down_then_one_comes_back() {
           - { match: { path: "/strict" }, upstream: strict }
           - { match: { path: "/lenient" }, upstream: lenient }
         "#,
-        &[("A", a.url()), ("B", b.url())],
-    ))
+            &[("A", a.url()), ("B", b.url())],
+        ),
+    )
     .await;
     assert_eq!(gw.call("/strict").await.0, 200);
 
@@ -255,7 +265,7 @@ async fn all_targets_down_then_one_comes_back() {
         .parse()
         .unwrap();
     assert!((1..=5).contains(&retry_after), "{retry_after}");
-    let p = problem(r, 503, "no-healthy-target").await;
+    let p = problem_typed(r, 503, "no-healthy-target").await;
     assert!(p["detail"].as_str().unwrap().contains("strict"));
     assert_eq!(a.hits() + b.hits(), hits);
     // With fallback_to_all the request goes out anyway (the targets do answer).
@@ -287,8 +297,10 @@ async fn a_saturated_upstream_does_not_slow_another_route() {
     slow.set_delay(Duration::from_millis(1500));
     queued.set_delay(Duration::from_millis(600));
     let gw = Arc::new(
-        Gateway::start(&fill(
-            r#"
+        Gateway::start_as(
+            Admin::Open,
+            &fill(
+                r#"
             upstreams:
               slow: { targets: [ { url: "$SLOW" } ], max_concurrent: 4 }
               fast: { targets: [ { url: "$FAST" } ] }
@@ -301,12 +313,13 @@ async fn a_saturated_upstream_does_not_slow_another_route() {
               - { match: { path: "/fast" }, upstream: fast }
               - { match: { path: "/queued" }, upstream: queued }
             "#,
-            &[
-                ("SLOW", slow.url()),
-                ("FAST", fast.url()),
-                ("Q", queued.url()),
-            ],
-        ))
+                &[
+                    ("SLOW", slow.url()),
+                    ("FAST", fast.url()),
+                    ("Q", queued.url()),
+                ],
+            ),
+        )
         .await,
     );
     let timed = |path: &'static str| {

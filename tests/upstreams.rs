@@ -5,11 +5,12 @@
 //! The real gateway runs in-process on 127.0.0.1:0 in front of real HTTP(S) backends; the
 //! fault tests (killed, slow, flapping targets, bulkheads) are in `upstream_faults.rs`.
 
-mod upstreams_support;
+mod common;
 
+use common::backends::*;
+use common::{dedent, problem_typed, Admin, Gateway};
 use std::collections::HashMap;
 use std::time::Duration;
-use upstreams_support::*;
 
 /// Replaces `$NAME` placeholders (backend URLs, ports) in a YAML snippet.
 fn fill(yaml: &str, vars: &[(&str, String)]) -> String {
@@ -37,7 +38,7 @@ async fn round_robin_weighted_and_hash_balancers() {
         Backend::start("b").await,
         Backend::start("c").await,
     );
-    let gw = Gateway::start(&fill(
+    let gw = Gateway::start_as(Admin::Open, &fill(
         r#"
         upstreams:
           rr: { balance: round_robin, targets: [ { url: "$A" }, { url: "$B" }, { url: "$C" } ] }
@@ -114,7 +115,7 @@ async fn least_connections_and_p2c_avoid_a_slow_target() {
         Backend::start("f2").await,
     );
     slow.set_delay(Duration::from_millis(300));
-    let gw = Gateway::start(&fill(
+    let gw = Gateway::start_as(Admin::Open, &fill(
         r#"
         upstreams:
           lc:  { balance: least_connections, targets: [ { url: "$S" }, { url: "$F1" }, { url: "$F2" } ] }
@@ -158,7 +159,7 @@ async fn least_connections_and_p2c_avoid_a_slow_target() {
 #[tokio::test]
 async fn active_health_checks_remove_and_readmit_a_target() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let gw = Gateway::start(&fill(
+    let gw = Gateway::start_as(Admin::Open, &fill(
         r#"
         upstreams:
           u:
@@ -206,8 +207,10 @@ async fn active_health_checks_remove_and_readmit_a_target() {
 async fn passive_checks_eject_then_readmit() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     b.set_status(502);
-    let gw = Gateway::start(&fill(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Open,
+        &fill(
+            r#"
         upstreams:
           u:
             balance: round_robin
@@ -216,8 +219,9 @@ async fn passive_checks_eject_then_readmit() {
         routes:
           - { match: { path: "/{*rest}" }, upstream: u }
         "#,
-        &[("A", a.url()), ("B", b.url())],
-    ))
+            &[("A", a.url()), ("B", b.url())],
+        ),
+    )
     .await;
     let mut statuses = Vec::new();
     for _ in 0..20 {
@@ -254,8 +258,10 @@ async fn retries_idempotent_methods_and_opted_in_ones_with_the_body() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     a.set_status(503);
     b.set_status(503);
-    let gw = Gateway::start(&fill(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Open,
+        &fill(
+            r#"
         upstreams:
           plain:
             targets: [ { url: "$A" } ]
@@ -267,8 +273,9 @@ async fn retries_idempotent_methods_and_opted_in_ones_with_the_body() {
           - { match: { path: "/plain" }, upstream: plain }
           - { match: { path: "/optin" }, upstream: optin }
         "#,
-        &[("A", a.url()), ("B", b.url())],
-    ))
+            &[("A", a.url()), ("B", b.url())],
+        ),
+    )
     .await;
 
     // GET: three tries, then the upstream's own 503.
@@ -311,7 +318,7 @@ async fn retries_idempotent_methods_and_opted_in_ones_with_the_body() {
 async fn retry_budget_caps_the_extra_load() {
     let a = Backend::start("a").await;
     a.set_status(503);
-    let gw = Gateway::start(&fill(
+    let gw = Gateway::start_as(Admin::Open, &fill(
         r#"
         upstreams:
           u:
@@ -335,8 +342,10 @@ async fn retry_budget_caps_the_extra_load() {
 #[tokio::test]
 async fn nothing_is_retried_once_the_response_has_started() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let gw = Gateway::start(&fill(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Open,
+        &fill(
+            r#"
         upstreams:
           u:
             targets: [ { url: "$A" }, { url: "$B" } ]
@@ -344,8 +353,9 @@ async fn nothing_is_retried_once_the_response_has_started() {
         routes:
           - { match: { path: "/{*rest}" }, upstream: u }
         "#,
-        &[("A", a.url()), ("B", b.url())],
-    ))
+            &[("A", a.url()), ("B", b.url())],
+        ),
+    )
     .await;
     let r = gw.get("/partial").await;
     assert_eq!(r.status(), 200);
@@ -362,7 +372,7 @@ async fn circuit_breaker_opens_answers_at_once_and_closes_after_probes() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     a.set_status(500);
     b.set_status(500);
-    let gw = Gateway::start(&fill(
+    let gw = Gateway::start_as(Admin::Open, &fill(
         r#"
         upstreams:
           u:
@@ -388,7 +398,7 @@ async fn circuit_breaker_opens_answers_at_once_and_closes_after_probes() {
     // Open: 503 at once with Retry-After, and the upstream is not called.
     let r = gw.get("/u").await;
     assert_eq!(r.headers()["retry-after"], "1");
-    problem(r, 503, "circuit-open").await;
+    problem_typed(r, 503, "circuit-open").await;
     assert_eq!(a.hits(), 4);
     let cb = gw.upstream("u").circuit_breaker.unwrap();
     assert_eq!(serde_json::to_value(cb.state).unwrap(), "open");
@@ -426,7 +436,7 @@ async fn circuit_breaker_opens_answers_at_once_and_closes_after_probes() {
 async fn half_open_probe_failure_reopens() {
     let a = Backend::start("a").await;
     a.set_status(503);
-    let gw = Gateway::start(&fill(
+    let gw = Gateway::start_as(Admin::Open, &fill(
         r#"
         upstreams:
           u:
@@ -447,7 +457,7 @@ async fn half_open_probe_failure_reopens() {
     assert_eq!(gw.call("/u").await.0, 503);
     assert_eq!(a.hits(), 3);
     let r = gw.get("/u").await;
-    problem(r, 503, "circuit-open").await;
+    problem_typed(r, 503, "circuit-open").await;
     assert_eq!(a.hits(), 3);
 }
 
@@ -459,8 +469,10 @@ async fn canary_split_by_weight_override_and_sticky() {
         Backend::start("canary").await,
         Backend::start("stable").await,
     );
-    let gw = Gateway::start(&fill(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Open,
+        &fill(
+            r#"
         upstreams:
           canary: { targets: [ { url: "$C" } ] }
           stable: { targets: [ { url: "$S" } ] }
@@ -473,8 +485,9 @@ async fn canary_split_by_weight_override_and_sticky() {
               override: { header: X-Canary, cookie: canary }
               sticky: client_ip
         "#,
-        &[("C", c.url()), ("S", s.url())],
-    ))
+            &[("C", c.url()), ("S", s.url())],
+        ),
+    )
     .await;
     let shares = count_by_upstream(&gw, "/random/x", 400).await;
     let canary = *shares.get("canary").unwrap_or(&0) as f64 / 400.0;
@@ -540,9 +553,11 @@ async fn canary_split_sticky_by_consumer() {
     let consumers: String = (0..16)
         .map(|i| format!("          - {{ name: c{i}, api_keys: [\"key-{i}\"] }}\n"))
         .collect();
-    let gw = Gateway::start(&fill(
-        &format!(
-            r#"
+    let gw = Gateway::start_as(
+        Admin::Open,
+        &fill(
+            &format!(
+                r#"
         consumers:
 {consumers}
         routes:
@@ -555,9 +570,10 @@ async fn canary_split_sticky_by_consumer() {
           canary: {{ targets: [ {{ url: "$C" }} ] }}
           stable: {{ targets: [ {{ url: "$S" }} ] }}
         "#
+            ),
+            &[("C", c.url()), ("S", s.url())],
         ),
-        &[("C", c.url()), ("S", s.url())],
-    ))
+    )
     .await;
     let mut homes = std::collections::BTreeSet::new();
     for i in 0..16 {
@@ -600,8 +616,10 @@ async fn sticky_consumer_ignores_the_address_and_anonymous_callers_use_it() {
             )
         })
         .collect();
-    let gw = Gateway::start(&fill(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Open,
+        &fill(
+            r#"
         server: { trusted_proxies: ["127.0.0.1/32"] }
         upstreams:
           canary: { targets: [ { url: "$C" } ] }
@@ -614,12 +632,13 @@ async fn sticky_consumer_ignores_the_address_and_anonymous_callers_use_it() {
               upstreams: [ { upstream: canary, weight: 50 }, { upstream: stable, weight: 50 } ]
               sticky: consumer
         "#,
-        &[
-            ("C", c.url()),
-            ("S", s.url()),
-            ("LIST", consumers.join(", ")),
-        ],
-    ))
+            &[
+                ("C", c.url()),
+                ("S", s.url()),
+                ("LIST", consumers.join(", ")),
+            ],
+        ),
+    )
     .await;
     let call = |key: Option<String>, client: String| {
         let mut r = gw
@@ -668,15 +687,18 @@ async fn sticky_consumer_ignores_the_address_and_anonymous_callers_use_it() {
 #[tokio::test]
 async fn dns_discovery_of_localhost() {
     let a = Backend::start("a").await;
-    let gw = Gateway::start(&fill(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Open,
+        &fill(
+            r#"
         upstreams:
           u: { discover: { dns: localhost, port: $PORT, family: ipv4, refresh: 200ms } }
         routes:
           - { match: { path: "/{*rest}" }, upstream: u }
         "#,
-        &[("PORT", a.addr.port().to_string())],
-    ))
+            &[("PORT", a.addr.port().to_string())],
+        ),
+    )
     .await;
     // Resolved before the first request: no 503 window.
     let (s, v) = gw.call("/x").await;
@@ -697,15 +719,18 @@ async fn dns_discovery_of_localhost() {
 async fn srv_discovery_adds_and_removes_targets_without_dropping_requests() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let dns = FakeDns::start(vec![(a.addr.port(), 1)]).await;
-    let gw = Gateway::start(&fill(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Open,
+        &fill(
+            r#"
         upstreams:
           u: { discover: { srv: _http._tcp.svc.test, nameservers: ["$DNS"], refresh: 100ms } }
         routes:
           - { match: { path: "/{*rest}" }, upstream: u }
         "#,
-        &[("DNS", dns.addr.to_string())],
-    ))
+            &[("DNS", dns.addr.to_string())],
+        ),
+    )
     .await;
     assert_eq!(gw.who("/x").await, "a");
 
@@ -770,7 +795,7 @@ async fn upstream_tls_with_custom_ca_sni_client_certificate_and_h2() {
     std::fs::copy(other.path().join("ca.pem"), dir.path().join("other-ca.pem")).unwrap();
     let mtls = TlsBackend::start("mtls", &pki, true).await;
     let open = TlsBackend::start("open", &pki, false).await;
-    let gw = Gateway::start_in(
+    let gw = Gateway::start_in_as(Admin::Open,
         dir,
         &fill(
             r#"
@@ -827,7 +852,7 @@ async fn upstream_tls_with_custom_ca_sni_client_certificate_and_h2() {
     // No client certificate where one is required, or an untrusted server: 502.
     assert_eq!(gw.call("/nocert").await.0, 502);
     let r = gw.get("/wrongca").await;
-    problem(r, 502, "upstream-unreachable").await;
+    problem_typed(r, 502, "upstream-unreachable").await;
 }
 
 // ---------------------------------------------------------------- admin, reload
@@ -836,8 +861,10 @@ async fn upstream_tls_with_custom_ca_sni_client_certificate_and_h2() {
 async fn admin_upstreams_endpoint_shows_target_state() {
     let (a, dead) = (Backend::start("a").await, Backend::start("dead").await);
     dead.kill().await;
-    let gw = Gateway::start(&fill(
-        r#"
+    let gw = Gateway::start_as(
+        Admin::Open,
+        &fill(
+            r#"
         upstreams:
           u:
             balance: round_robin
@@ -848,8 +875,9 @@ async fn admin_upstreams_endpoint_shows_target_state() {
         routes:
           - { match: { path: "/{*rest}" }, upstream: u }
         "#,
-        &[("A", a.url()), ("D", dead.url())],
-    ))
+            &[("A", a.url()), ("D", dead.url())],
+        ),
+    )
     .await;
     for _ in 0..4 {
         assert_eq!(gw.call("/x").await.0, 200);
@@ -925,7 +953,7 @@ async fn health_and_breaker_state_survive_a_reload() {
             &[("A", a.url()), ("B", b.url())],
         )
     };
-    let gw = Gateway::start(&config("")).await;
+    let gw = Gateway::start_as(Admin::Open, &config("")).await;
     gw.call("/u").await;
     gw.call("/u").await;
     gw.call("/v").await;
@@ -972,9 +1000,10 @@ async fn switching_active_checks_off_readmits_their_targets() {
             &[("A", a.url()), ("B", b.url())],
         )
     };
-    let gw = Gateway::start(&config(
-        "health: { active: { path: /healthz, interval: 30ms, unhealthy: 1 } }",
-    ))
+    let gw = Gateway::start_as(
+        Admin::Open,
+        &config("health: { active: { path: /healthz, interval: 30ms, unhealthy: 1 } }"),
+    )
     .await;
     assert!(
         eventually(Duration::from_secs(3), || gw.target_health("u", b.addr)

@@ -1,8 +1,8 @@
 //! Helpers for the traffic-control tests: Redis (the shared one from `REDIS_URL`, or a private
 //! `redis-server` a test starts, kills and restarts), gateways as child processes, window
 //! alignment and tallies of answers.
-#![allow(dead_code)]
 
+use super::free_port;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
@@ -79,15 +79,8 @@ pub fn command_calls(url: &str, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(addr: SocketAddr, open: bool, within: Duration) -> bool {
+/// Waits until `addr` accepts connections (`open`) or refuses them; whether it did in time.
+pub fn wait_port(addr: SocketAddr, open: bool, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         let up = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();

@@ -1,20 +1,17 @@
 //! Helpers for the upstream black-box tests: test backends that can be made slow, failing,
-//! killed and restarted on the same port; a TLS backend; a fake SRV name server; starting
-//! the gateway from YAML; a client; polling.
+//! killed and restarted on the same port; a TLS backend; a fake SRV name server; polling.
 //!
 //! Every server listens on 127.0.0.1 port 0 and stops when dropped.
-#![allow(dead_code)]
-
+use super::upstream::{full, BoxError, UpBody};
 use bytes::Bytes;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use portcullis::server::{self, ConfigSource, Options, ServerHandle};
+#[allow(unused_imports)]
 pub use portcullis::upstream::state::TargetHealth;
-use portcullis::upstream::state::UpstreamStatus;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -23,13 +20,6 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
-
-pub fn full(b: impl Into<Bytes>) -> UpBody {
-    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
-}
 
 // ---------------------------------------------------------------- backends
 
@@ -46,6 +36,21 @@ pub struct Behaviour {
     pub delay_ms: AtomicU64,
     pub in_flight: AtomicUsize,
     pub max_in_flight: AtomicUsize,
+}
+
+impl Behaviour {
+    /// 200 to everything, no delay.
+    fn new() -> Arc<Behaviour> {
+        Arc::new(Behaviour {
+            hits: AtomicUsize::new(0),
+            probes: AtomicUsize::new(0),
+            status: AtomicU16::new(200),
+            health: AtomicU16::new(200),
+            delay_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        })
+    }
 }
 
 /// A test backend: answers JSON `{"upstream": name, "method", "path", "host", "body_len",
@@ -71,15 +76,7 @@ impl Backend {
     pub async fn start(name: &str) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let b = Arc::new(Behaviour {
-            hits: AtomicUsize::new(0),
-            probes: AtomicUsize::new(0),
-            status: AtomicU16::new(200),
-            health: AtomicU16::new(200),
-            delay_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
-        });
+        let b = Behaviour::new();
         let backend = Backend {
             name: name.to_owned(),
             addr,
@@ -242,127 +239,7 @@ async fn answer(name: Arc<str>, b: Arc<Behaviour>, req: Request<Incoming>) -> Re
     r
 }
 
-// ---------------------------------------------------------------- gateway
-
-pub struct Gateway {
-    pub handle: ServerHandle,
-    pub addr: SocketAddr,
-    pub client: reqwest::Client,
-    pub dir: tempfile::TempDir,
-}
-
-/// Removes the common indentation of a YAML snippet written inside a test.
-pub fn dedent(text: &str) -> String {
-    let indent = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start().len())
-        .min()
-        .unwrap_or(0);
-    text.lines()
-        .map(|l| l.get(indent..).unwrap_or("").trim_end())
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
-}
-
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .use_preconfigured_tls(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
-        )
-        .build()
-        .unwrap()
-}
-
-impl Gateway {
-    /// Starts the gateway with `yaml` plus a listener on a free port, an admin listener and
-    /// no access log.
-    pub async fn start(yaml: &str) -> Gateway {
-        Gateway::start_in(tempfile::tempdir().unwrap(), yaml).await
-    }
-
-    pub async fn start_in(dir: tempfile::TempDir, yaml: &str) -> Gateway {
-        let text = format!(
-            "listeners: [{{ bind: \"127.0.0.1:0\" }}]\nadmin: {{ bind: \"127.0.0.1:0\" }}\naccess_log: {{ format: \"off\" }}\n{}",
-            dedent(yaml)
-        );
-        let path = dir.path().join("portcullis.yaml");
-        std::fs::write(&path, text).unwrap();
-        let handle = server::start(Options {
-            source: ConfigSource::File(path),
-            watch: false,
-            sighup: false,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("the gateway did not start:\n{e}"));
-        Gateway {
-            addr: handle.addr(),
-            handle,
-            client: client(),
-            dir,
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.unwrap()
-    }
-
-    /// GET; the status and the body as JSON (`Null` when it is not JSON).
-    pub async fn call(&self, path: &str) -> (u16, Value) {
-        let r = self.get(path).await;
-        let s = r.status().as_u16();
-        let text = r.text().await.unwrap_or_default();
-        (s, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// Which upstream answered a GET (the backend's `upstream`), insisting on 200.
-    pub async fn who(&self, path: &str) -> String {
-        let (s, v) = self.call(path).await;
-        assert_eq!(s, 200, "{v}");
-        v["upstream"].as_str().unwrap().to_owned()
-    }
-
-    pub fn upstream(&self, name: &str) -> UpstreamStatus {
-        self.handle
-            .upstream_states()
-            .into_iter()
-            .find(|u| u.name == name)
-            .unwrap_or_else(|| panic!("no upstream {name}"))
-    }
-
-    /// The health of the target whose URL contains `addr`.
-    pub fn target_health(&self, upstream: &str, addr: SocketAddr) -> TargetHealth {
-        let u = self.upstream(upstream);
-        u.targets
-            .iter()
-            .find(|t| t.url.contains(&addr.to_string()))
-            .unwrap_or_else(|| panic!("{addr} is not a target of {upstream}: {u:?}"))
-            .health
-    }
-
-    /// Rewrites the config file (same wrapper as at start) and reloads.
-    pub async fn reload_with(&self, yaml: &str) {
-        let text = format!(
-            "listeners: [{{ bind: \"127.0.0.1:0\" }}]\nadmin: {{ bind: \"127.0.0.1:0\" }}\naccess_log: {{ format: \"off\" }}\n{}",
-            dedent(yaml)
-        );
-        std::fs::write(self.dir.path().join("portcullis.yaml"), text).unwrap();
-        self.handle.reload().await.expect("reload");
-    }
-}
+// ---------------------------------------------------------------- polling
 
 /// Polls `f` every 10ms until it is true or `within` passed.
 pub async fn eventually<F: FnMut() -> bool>(within: Duration, mut f: F) -> bool {
@@ -376,19 +253,6 @@ pub async fn eventually<F: FnMut() -> bool>(within: Duration, mut f: F) -> bool 
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Checks a gateway problem+json answer; returns it.
-pub async fn problem(res: reqwest::Response, status: u16, slug: &str) -> Value {
-    assert_eq!(res.status().as_u16(), status);
-    assert_eq!(
-        res.headers()["content-type"].to_str().unwrap(),
-        "application/problem+json"
-    );
-    let v: Value = res.json().await.unwrap();
-    assert_eq!(v["type"], format!("urn:portcullis:problem:{slug}"), "{v}");
-    assert_eq!(v["status"], status);
-    v
 }
 
 // ---------------------------------------------------------------- TLS
@@ -488,15 +352,7 @@ impl TlsBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handshakes = Arc::new(Mutex::new(Vec::new()));
-        let b = Arc::new(Behaviour {
-            hits: AtomicUsize::new(0),
-            probes: AtomicUsize::new(0),
-            status: AtomicU16::new(200),
-            health: AtomicU16::new(200),
-            delay_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
-        });
+        let b = Behaviour::new();
         let (seen, name, behaviour) = (handshakes.clone(), Arc::<str>::from(name), b.clone());
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {

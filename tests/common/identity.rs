@@ -1,335 +1,28 @@
-//! Helpers for the identity tests (auth, jwt, introspection, mtls): an echo upstream, a
-//! gateway started from YAML, signing keys and tokens made in the test, a JWKS server, an
-//! OAuth2 introspection server and a small PKI for client certificates.
-//!
-//! Everything listens on 127.0.0.1 port 0. Each test binary uses part of this module.
-#![allow(dead_code)]
+//! Identity helpers (auth, jwt, introspection, mtls): signing keys and tokens made in the
+//! test, a JWKS server, an OAuth2 introspection server and a small PKI for certificates.
 
+use super::problem::problem_typed;
+use super::upstream::Upstream;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use portcullis::server::{self, ConfigSource, Options, ServerHandle, StartError};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-// ---------------------------------------------------------------- servers
-
-/// An HTTP server on 127.0.0.1 that counts its requests; stops when dropped.
-pub struct Server {
-    pub addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Server {
-    pub async fn serve<F, Fut>(handler: F) -> Server
-    where
-        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-    {
-        Server::serve_maybe_tls(None, handler).await
-    }
-
-    /// Serves over TLS with this certificate.
-    pub async fn serve_tls<F, Fut>(cert: &Issued, handler: F) -> Server
-    where
-        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-    {
-        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der.clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_der.clone())),
-        )
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        Server::serve_maybe_tls(Some(acceptor), handler).await
-    }
-
-    async fn serve_maybe_tls<F, Fut>(tls: Option<tokio_rustls::TlsAcceptor>, handler: F) -> Server
-    where
-        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let handler = Arc::new(handler);
-        let counter = hits.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (handler, counter, tls) = (handler.clone(), counter.clone(), tls.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        let fut = handler(req);
-                        async move { Ok::<_, Infallible>(fut.await) }
-                    });
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    match tls {
-                        None => {
-                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                        }
-                        Some(acceptor) => {
-                            if let Ok(s) = acceptor.accept(stream).await {
-                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Server { addr, hits, task }
-    }
-
-    /// Answers with JSON describing the request: method, path, query and every header.
-    pub async fn echo() -> Server {
-        Server::serve(|req: Request<Incoming>| async move {
-            let (parts, _) = req.into_parts();
-            let mut headers = serde_json::Map::new();
-            for (k, v) in &parts.headers {
-                let list = headers.entry(k.as_str()).or_insert_with(|| json!([]));
-                list.as_array_mut()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(v.as_bytes()).into());
-            }
-            let seen = json!({
-                "path": parts.uri.path(),
-                "query": parts.uri.query(),
-                "headers": headers,
-            });
-            Response::builder()
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(seen.to_string())))
-                .unwrap()
-        })
-        .await
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-/// What the echo upstream received.
-#[derive(Debug)]
-pub struct Seen(pub Value);
-
-impl Seen {
-    pub fn path(&self) -> &str {
-        self.0["path"].as_str().unwrap()
-    }
-    pub fn query(&self) -> Option<&str> {
-        self.0["query"].as_str()
-    }
-    pub fn headers(&self, name: &str) -> Vec<&str> {
-        self.0["headers"][name.to_ascii_lowercase()]
-            .as_array()
-            .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
-            .unwrap_or_default()
-    }
-    /// The only value of a header; panics if it came more than once.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let all = self.headers(name);
-        assert!(all.len() <= 1, "{name} came {} times: {all:?}", all.len());
-        all.first().copied()
-    }
-    pub fn has(&self, name: &str) -> bool {
-        !self.headers(name).is_empty()
-    }
-}
-
-/// Reads the echo upstream's answer, insisting on 200.
-pub async fn seen(res: reqwest::Response) -> Seen {
-    let status = res.status();
-    let text = res.text().await.unwrap();
-    assert_eq!(
-        status, 200,
-        "expected the upstream's answer, got {status}: {text}"
-    );
-    Seen(serde_json::from_str(&text).unwrap())
-}
-
-// ---------------------------------------------------------------- gateway
-
-/// A running gateway; its temp dir holds the config and files it refers to.
-pub struct Gw {
-    pub handle: ServerHandle,
-    pub addr: SocketAddr,
-    pub client: reqwest::Client,
-    pub dir: tempfile::TempDir,
-}
-
-/// Removes the common indentation of a YAML snippet.
-pub fn dedent(text: &str) -> String {
-    let indent = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start().len())
-        .min()
-        .unwrap_or(0);
-    text.lines()
-        .map(|l| l.get(indent..).unwrap_or("").trim_end())
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
-}
-
-/// The snippet plus a listener on a free port (unless it has `listeners:`) and no access log.
-pub fn full_config(yaml: &str) -> String {
-    let yaml = dedent(yaml);
-    let mut out = String::from("access_log: { format: \"off\" }\n");
-    if !yaml.lines().any(|l| l.starts_with("listeners:")) {
-        out.push_str("listeners: [{ bind: \"127.0.0.1:0\" }]\n");
-    }
-    out + &yaml
-}
-
-impl Gw {
-    pub async fn start(yaml: impl AsRef<str>) -> Gw {
-        Gw::start_in(tempfile::tempdir().unwrap(), yaml).await
-    }
-
-    pub async fn start_in(dir: tempfile::TempDir, yaml: impl AsRef<str>) -> Gw {
-        match Gw::try_start_in(dir, yaml.as_ref()).await {
-            Ok(gw) => gw,
-            Err(e) => panic!("the gateway did not start:\n{e}"),
-        }
-    }
-
-    pub async fn try_start_in(dir: tempfile::TempDir, yaml: &str) -> Result<Gw, StartError> {
-        let path = dir.path().join("portcullis.yaml");
-        std::fs::write(&path, full_config(yaml)).unwrap();
-        let handle = server::start(Options {
-            source: ConfigSource::File(path),
-            watch: false,
-            sighup: false,
-        })
-        .await?;
-        let addr = handle.addr();
-        Ok(Gw {
-            handle,
-            addr,
-            client: client(),
-            dir,
-        })
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client.get(self.url(path))
-    }
-}
-
-/// Config errors of a YAML snippet, one `path: message` per line (and the located form).
-pub fn config_errors(yaml: &str) -> Vec<portcullis::config::Diagnostic> {
-    let pools = portcullis::upstream::Pools::default();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.yaml");
-    std::fs::write(&path, full_config(yaml)).unwrap();
-    match portcullis::compile::load_and_compile(&path, &pools) {
-        Ok(_) => Vec::new(),
-        Err(d) => d.0,
-    }
-}
-
-/// The compiled gateway of a YAML snippet (panics with the diagnostics if it does not compile).
-pub fn compile(yaml: &str) -> portcullis::compile::Gateway {
-    let pools = portcullis::upstream::Pools::default();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.yaml");
-    std::fs::write(&path, full_config(yaml)).unwrap();
-    portcullis::compile::load_and_compile(&path, &pools).unwrap_or_else(|d| panic!("{d}"))
-}
-
-/// A rustls client config (aws-lc-rs) trusting `roots`, with an optional client certificate.
-pub fn tls_config(
-    roots: &[CertificateDer<'static>],
-    client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-) -> rustls::ClientConfig {
-    let mut store = rustls::RootCertStore::empty();
-    for r in roots {
-        store.add(r.clone()).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(store);
-    let mut cfg = match client_cert {
-        Some((chain, key)) => b.with_client_auth_cert(chain, key).unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    cfg
-}
-
-/// reqwest for plain HTTP: no proxy, no redirects, a timeout.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .use_preconfigured_tls(tls_config(&[], None))
-        .build()
-        .unwrap()
-}
-
-/// Checks a problem+json answer; returns its headers and body.
-pub async fn problem(
+/// Checks a problem+json answer with this `type` slug; returns its headers and body.
+pub async fn problem_with_headers(
     res: reqwest::Response,
     status: u16,
     slug: &str,
 ) -> (reqwest::header::HeaderMap, Value) {
     let headers = res.headers().clone();
-    let got = res.status().as_u16();
-    let text = res.text().await.unwrap();
-    assert_eq!(got, status, "expected {status} {slug}, got {got}: {text}");
-    assert_eq!(
-        headers["content-type"], "application/problem+json",
-        "{text}"
-    );
-    let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(
-        v["type"],
-        format!("urn:portcullis:problem:{slug}"),
-        "{text}"
-    );
-    assert_eq!(v["status"], status);
-    (headers, v)
+    (headers, problem_typed(res, status, slug).await)
 }
 
 /// Every `WWW-Authenticate` value, in order.
@@ -342,7 +35,7 @@ pub fn challenges(h: &reqwest::header::HeaderMap) -> Vec<String> {
 
 /// A 401 answer with exactly these challenges.
 pub async fn assert_401(res: reqwest::Response, expected: &[&str]) -> Value {
-    let (h, body) = problem(res, 401, "unauthorized").await;
+    let (h, body) = problem_with_headers(res, 401, "unauthorized").await;
     assert_eq!(challenges(&h), expected);
     assert_eq!(
         body["detail"],
@@ -353,7 +46,7 @@ pub async fn assert_401(res: reqwest::Response, expected: &[&str]) -> Value {
 
 /// A 403 answer with exactly these challenges (usually none).
 pub async fn assert_403(res: reqwest::Response, expected: &[&str]) -> Value {
-    let (h, body) = problem(res, 403, "forbidden").await;
+    let (h, body) = problem_with_headers(res, 403, "forbidden").await;
     assert_eq!(challenges(&h), expected);
     assert_eq!(body["detail"], "access to this resource is not allowed");
     body
@@ -506,7 +199,7 @@ pub fn tampered(token: &str, claims: &Value) -> String {
 
 /// A JWKS endpoint whose key set the test can change.
 pub struct JwksServer {
-    pub server: Server,
+    pub server: Upstream,
     keys: Arc<Mutex<Value>>,
     tls: bool,
 }
@@ -534,8 +227,8 @@ impl JwksServer {
             }
         };
         let server = match cert {
-            None => Server::serve(handler).await,
-            Some(c) => Server::serve_tls(c, handler).await,
+            None => Upstream::serve(handler).await,
+            Some(c) => Upstream::serve_tls(c, handler).await,
         };
         let j = JwksServer {
             server,
@@ -576,7 +269,7 @@ impl JwksServer {
 /// gateway's client credentials (wrong ones get 401, which the gateway must not take as
 /// "inactive").
 pub struct IntrospectionServer {
-    pub server: Server,
+    pub server: Upstream,
     tokens: Arc<Mutex<HashMap<String, Value>>>,
 }
 
@@ -595,7 +288,7 @@ impl IntrospectionServer {
         );
         let tokens: Arc<Mutex<HashMap<String, Value>>> = Arc::default();
         let table = tokens.clone();
-        let server = Server::serve(move |req: Request<Incoming>| {
+        let server = Upstream::serve(move |req: Request<Incoming>| {
             let table = table.clone();
             let expected = expected.clone();
             async move {

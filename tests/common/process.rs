@@ -1,8 +1,6 @@
-//! Helpers shared by the config, cli, reload and examples tests: test upstreams, a client,
-//! config files on disk, child processes of the `portcullis` binary.
-//!
-//! Each test binary uses only part of this module.
-#![allow(dead_code)]
+//! Helpers for the config, cli, reload and examples tests: a tagged test upstream, config
+//! files on disk, the gateway in-process on such a file, and the `portcullis` binary as a
+//! child process.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -21,18 +19,18 @@ use std::time::{Duration, Instant};
 
 /// A test upstream: answers every request with JSON describing it. `?sleep=MS` delays the
 /// answer; the request body is read in full and its length reported.
-pub struct Upstream {
+pub struct TaggedUpstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
 }
 
-impl Upstream {
+impl TaggedUpstream {
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
     }
 }
 
-pub async fn upstream(tag: &'static str) -> Upstream {
+pub async fn upstream(tag: &'static str) -> TaggedUpstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind upstream");
@@ -83,18 +81,7 @@ pub async fn upstream(tag: &'static str) -> Upstream {
             });
         }
     });
-    Upstream { addr, hits }
-}
-
-/// A client that never uses a proxy from the environment.
-pub fn client() -> reqwest::Client {
-    // reqwest's rustls backend wants a process-wide crypto provider even for plain http.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
+    TaggedUpstream { addr, hits }
 }
 
 /// GET, returning status and body (panics on transport errors).
@@ -154,15 +141,6 @@ where
     }
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A blocking HTTP/1.1 GET with `Connection: close`; `None` when nothing answers.
 pub fn blocking_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
@@ -199,14 +177,14 @@ pub fn wait_for_status(addr: SocketAddr, path: &str, status: u16, within: Durati
 }
 
 /// A `portcullis` child process, killed on drop; stderr goes to a file for diagnostics.
-pub struct Gateway {
+pub struct Process {
     pub child: Option<Child>,
     pub stderr_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-impl Gateway {
-    pub fn spawn(args: &[&str]) -> Gateway {
+impl Process {
+    pub fn spawn(args: &[&str]) -> Process {
         let dir = tempfile::tempdir().unwrap();
         let stderr_path = dir.path().join("stderr.log");
         let err = std::fs::File::create(&stderr_path).unwrap();
@@ -219,7 +197,7 @@ impl Gateway {
             .stderr(Stdio::from(err))
             .spawn()
             .expect("spawn portcullis");
-        Gateway {
+        Process {
             child: Some(child),
             stderr_path,
             _dir: dir,
@@ -268,7 +246,7 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
+impl Drop for Process {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
