@@ -136,13 +136,11 @@ impl Pool {
             };
             // Usually ready at once; not yet when the connection is still finishing the
             // previous response. An error means it closed: take another.
-            if tx.ready().await.is_err() {
+            if let Err(e) = tx.ready().await {
                 if reused {
                     continue;
                 }
-                return Err(SendError::Request(
-                    tx.ready().await.expect_err("closed stays closed"),
-                ));
+                return Err(SendError::Request(e));
             }
             match tx.try_send_request(req).await {
                 Ok(res) => {
