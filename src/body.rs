@@ -110,6 +110,41 @@ where
     }
 }
 
+/// How much of a refused HTTP/1 request body [`linger`] reads and throws away, at most.
+pub const LINGER_BYTES: u64 = 16 * 1024 * 1024;
+/// How long [`linger`] keeps reading a refused body, at most.
+pub const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads and discards what is left of a refused request body, in its own task, so the
+/// client gets the early answer (a 413) instead of a reset.
+///
+/// A server that answers before reading the body and then closes makes the kernel reset the
+/// connection while the client is still writing, and many clients (hyper, reqwest, browsers)
+/// then report a broken pipe and never read the answer. nginx avoids this with a "lingering
+/// close"; this is the same idea, bounded by [`LINGER_BYTES`] and [`LINGER_TIME`]: past
+/// either, the body is dropped and the connection closes as before. When the whole body is
+/// drained the HTTP/1 connection stays usable for the next request.
+pub fn linger<B>(body: B)
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut body = std::pin::pin!(body);
+        let mut seen = 0u64;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(d) = frame.data_ref() {
+                    seen += d.len() as u64;
+                    if seen > LINGER_BYTES {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

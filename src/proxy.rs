@@ -361,6 +361,12 @@ where
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > route.max_body {
+            // HTTP/1 only: h2 resets just the stream, and a client that asked for
+            // `100-continue` has not sent the body (reading it would ask for it).
+            let expects = parts.headers.contains_key(header::EXPECT);
+            if parts.version <= Version::HTTP_11 && !expects && !incoming.is_end_stream() {
+                body::linger(incoming);
+            }
             return Err(GatewayError::BodyTooLarge {
                 limit: route.max_body,
             });

@@ -600,6 +600,27 @@ routes:
         "an announced oversize body never reaches the upstream"
     );
 
+    // A client still writing a large announced body gets the 413, not a reset: the gateway
+    // reads and drops the rest of the body (lingering close) instead of closing under it.
+    for _ in 0..5 {
+        let r = c
+            .post(&url)
+            .body(vec![b'x'; 8 * 1024 * 1024])
+            .send()
+            .await
+            .expect("the 413 is read, not cut off by a reset");
+        assert_eq!(r.status().as_u16(), 413);
+    }
+
+    // A client waiting on `Expect: 100-continue` is told 413 at once and never asked for the
+    // body (draining it would send the `100 Continue`).
+    let r = common::raw::raw(
+        gw.addr(),
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 70000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    r.problem(413);
+
     let r = c.post(&url).body(vec![b'x'; 60_000]).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
