@@ -94,6 +94,9 @@ impl ReqBody {
 }
 
 /// What came of one try.
+// Lives on the request's stack for one try; boxing the response would cost an allocation
+// per request for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Response(Response<Pooled>),
     Failed(Failure, GatewayError),
@@ -540,7 +543,7 @@ pin_project_lite::pin_project! {
 
 impl HttpBody for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::body::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,

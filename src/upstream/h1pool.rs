@@ -1,35 +1,39 @@
 //! Keep-alive HTTP/1.1 connections to one plain-`http` target, owned by the target's
-//! long-lived state.
+//! long-lived state, and the exchanges on them ([`wire`]).
 //!
 //! Why not hyper-util's pooled client for these: per request it hashes the pool key
 //! (SipHash) into a map behind a mutex, wraps the connection in a `Pooled` guard, and spawns
 //! a task that waits for the connection to become idle again before putting it back; in
-//! callgrind that was about a sixth of a proxied request's instructions. Here the pool is
-//! already the target's (no key, no map), a connection goes back when the response body
-//! ends (no task), and checkout is a pop from a short LIFO stack (the warmest connection
-//! first). Each connection still has its own task driving hyper's `client::conn::http1`
-//! state machine; `https`, `h2` and `auto` upstreams keep the pooled client.
+//! callgrind that was about a sixth of a proxied request's instructions. Why not hyper's
+//! `client::conn::http1` under this pool either (the previous step): every connection
+//! needs a task of its own that each exchange crosses a channel to. Here the pool is already
+//! the target's (no key, no map), checkout is a pop from a short LIFO stack (the warmest
+//! connection first), the exchange runs in the request's own task, and a connection goes
+//! back when its response body ends. `https`, `h2` and `auto` upstreams keep the pooled
+//! client.
 //!
-//! Semantics match the pooled client's: a connection the upstream closed while idle is
-//! noticed at checkout and skipped; a request that a reused connection could not even
-//! start to write goes out again on another one (the message comes back from
-//! `try_send_request`); once written, a failure is the caller's to retry. A response body
+//! Reuse rules: a connection the upstream closed (or wrote to) while idle is noticed at
+//! checkout and skipped, with no system call when its socket had no news. A request that
+//! got nothing back on a reused connection (closed or reset before any byte of a response:
+//! the upstream was closing it as we reused it) goes out again on a fresh one, when the
+//! whole request is in hand; otherwise a failure is the caller's to retry. A response body
 //! dropped before its end drops its connection too (HTTP/1 cannot cancel one exchange and
 //! keep the connection). Idle connections older than the idle timeout are closed at the
 //! next checkout or return, and by a sweeper task per pool that holds only a `Weak`.
 
-use crate::body::Body;
+pub mod wire;
+
+use crate::body::{Body, BoxError};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use wire::{Conn, Outgoing, WireBody, WireError};
 
 /// How connections are made and kept (from the upstream's settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,14 +53,9 @@ pub enum SendError {
         authority: String,
         source: std::io::Error,
     },
-    #[error("HTTP/1.1 handshake with {authority}: {source}")]
-    Handshake {
-        authority: String,
-        source: hyper::Error,
-    },
     /// The exchange failed after the request was handed to a connection.
     #[error(transparent)]
-    Request(hyper::Error),
+    Request(WireError),
 }
 
 impl SendError {
@@ -66,7 +65,7 @@ impl SendError {
 }
 
 struct Idle {
-    tx: SendRequest<Body>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -98,26 +97,26 @@ impl Pool {
 
     /// The warmest idle connection that is still open and not expired. Expired ones sit at
     /// the bottom of the stack, so they are cut off in one go.
-    fn checkout(&self, now: Instant, s: &Settings) -> Option<SendRequest<Body>> {
+    fn checkout(&self, now: Instant, s: &Settings) -> Option<Conn> {
         let mut idle = self.lock();
         prune(&mut idle, now, s.idle_timeout);
-        while let Some(c) = idle.pop() {
-            if !c.tx.is_closed() {
-                return Some(c.tx);
+        while let Some(mut c) = idle.pop() {
+            if c.conn.alive() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn put(&self, tx: SendRequest<Body>, s: &Settings) {
-        if tx.is_closed() {
+    fn put(&self, mut conn: Conn, s: &Settings) {
+        if !conn.alive() {
             return;
         }
         let now = Instant::now();
         let mut idle = self.lock();
         prune(&mut idle, now, s.idle_timeout);
         if idle.len() < s.max_idle {
-            idle.push(Idle { tx, since: now });
+            idle.push(Idle { conn, since: now });
         }
     }
 
@@ -126,48 +125,41 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         authority: &str,
-        mut req: Request<Body>,
+        req: Request<Body>,
         s: &Settings,
     ) -> Result<Response<Pooled>, SendError> {
+        let (parts, body) = req.into_parts();
+        let mut out = Outgoing::new(&parts, body);
+        drop(parts);
+        if let Some(e) = out.failure() {
+            return Err(SendError::Request(e));
+        }
         loop {
-            let (mut tx, reused) = match self.checkout(Instant::now(), s) {
-                Some(tx) => (tx, true),
+            let (conn, reused) = match self.checkout(Instant::now(), s) {
+                Some(c) => (c, true),
                 None => (self.connect(authority, s).await?, false),
             };
-            // Usually ready at once; not yet when the connection is still finishing the
-            // previous response. An error means it closed: take another.
-            if let Err(e) = tx.ready().await {
-                if reused {
-                    continue;
-                }
-                return Err(SendError::Request(e));
-            }
-            match tx.try_send_request(req).await {
-                Ok(res) => {
-                    let (parts, body) = res.into_parts();
-                    let mut pooled = Pooled {
-                        inner: body,
-                        home: Some((tx, Arc::downgrade(self), *s)),
+            match wire::exchange(conn, &mut out).await {
+                Ok((parts, mut body)) => {
+                    let home = if body.is_end_stream() {
+                        if let Some(c) = body.take_idle() {
+                            self.put(c, s);
+                        }
+                        None
+                    } else {
+                        Some((Arc::downgrade(self), *s))
                     };
-                    if pooled.inner.is_end_stream() {
-                        give_back(&mut pooled.home);
-                    }
-                    return Ok(Response::from_parts(parts, pooled));
+                    return Ok(Response::from_parts(parts, Pooled::Wire { body, home }));
                 }
-                Err(mut e) => match e.take_message() {
-                    // Never written: a connection the upstream had closed. Another one.
-                    Some(back) if reused => req = back,
-                    _ => return Err(SendError::Request(e.into_error())),
-                },
+                // The upstream was closing this idle connection as we reused it: the
+                // request can go out again as it is, on another one.
+                Err(e) if reused && e.nothing_received() && out.resendable() => continue,
+                Err(e) => return Err(SendError::Request(e)),
             }
         }
     }
 
-    async fn connect(
-        self: &Arc<Self>,
-        authority: &str,
-        s: &Settings,
-    ) -> Result<SendRequest<Body>, SendError> {
+    async fn connect(self: &Arc<Self>, authority: &str, s: &Settings) -> Result<Conn, SendError> {
         let stream = tokio::time::timeout(s.connect_timeout, dial(authority))
             .await
             .map_err(|_| SendError::ConnectTimeout {
@@ -180,20 +172,8 @@ impl Pool {
         let _ = stream.set_nodelay(true);
         let _ = socket2::SockRef::from(&stream)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
-        let (tx, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| SendError::Handshake {
-                authority: authority.to_owned(),
-                source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
         self.start_sweeper(s.idle_timeout);
-        Ok(tx)
+        Ok(Conn::new(stream))
     }
 
     /// Closes expired idle connections even when no request comes to do it.
@@ -210,7 +190,7 @@ impl Pool {
                 let Some(pool) = weak.upgrade() else { return };
                 let mut idle = pool.lock();
                 prune(&mut idle, Instant::now(), idle_timeout);
-                idle.retain(|c| !c.tx.is_closed());
+                idle.retain_mut(|c| c.conn.alive());
             }
         });
     }
@@ -248,67 +228,61 @@ async fn dial(authority: &str) -> std::io::Result<tokio::net::TcpStream> {
     }))
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that gives its connection back to the pool when it ends.
-    pub struct Pooled {
-        #[pin]
-        inner: Incoming,
-        home: Home,
-    }
-}
-
-impl std::fmt::Debug for Pooled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pooled")
-            .field("pooled", &self.home.is_some())
-            .finish()
-    }
+/// An upstream response body: read off a pooled connection, which goes back to the pool
+/// when the body ends, or hyper's (the pooled client's responses).
+#[derive(Debug)]
+pub enum Pooled {
+    Wire {
+        body: WireBody,
+        home: Option<(Weak<Pool>, Settings)>,
+    },
+    Detached(Incoming),
 }
 
 impl Pooled {
     /// A body whose connection is not ours to pool (the pooled client's responses).
     pub fn detached(inner: Incoming) -> Pooled {
-        Pooled { inner, home: None }
-    }
-}
-
-type Home = Option<(SendRequest<Body>, Weak<Pool>, Settings)>;
-
-/// The body ended: its connection is idle again.
-fn give_back(home: &mut Home) {
-    if let Some((tx, pool, s)) = home.take() {
-        if let Some(pool) = pool.upgrade() {
-            pool.put(tx, &s);
-        }
+        Pooled::Detached(inner)
     }
 }
 
 impl HttpBody for Pooled {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => give_back(this.home),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => give_back(this.home),
-            // A broken body: the connection is not reused.
-            Poll::Ready(Some(Err(_))) => *this.home = None,
-            _ => {}
+        match self.get_mut() {
+            Pooled::Detached(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Pooled::Wire { body, home } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if body.is_end_stream() {
+                    // The body ended: its connection is idle again.
+                    if let Some((pool, s)) = home.take() {
+                        if let (Some(pool), Some(conn)) = (pool.upgrade(), body.take_idle()) {
+                            pool.put(conn, &s);
+                        }
+                    }
+                }
+                polled.map_err(Into::into)
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            Pooled::Detached(b) => b.is_end_stream(),
+            Pooled::Wire { body, .. } => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            Pooled::Detached(b) => b.size_hint(),
+            Pooled::Wire { body, .. } => body.size_hint(),
+        }
     }
 }
 
@@ -316,6 +290,7 @@ impl HttpBody for Pooled {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A real HTTP/1.1 server on loopback that counts its connections. `close` makes it
@@ -455,5 +430,227 @@ mod tests {
             .unwrap_err();
         assert!(e.is_connect(), "{e}");
         assert!(matches!(e, SendError::Connect { .. }), "{e}");
+    }
+
+    /// A loopback server that answers each request head it reads with `answer(head)`, on
+    /// the same connection (the bytes are sent as they are). Counts connections.
+    async fn raw_server(answer: fn(&str) -> Vec<u8>) -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+                            buf.drain(..end + 4);
+                            let out = answer(&head);
+                            if out.is_empty() || s.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    async fn body_of(pool: &Arc<Pool>, addr: &str, req: Request<Body>) -> (u16, Bytes) {
+        let res = pool
+            .send(addr, req, &settings(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    #[tokio::test]
+    async fn chunked_responses_decode_and_keep_their_connection() {
+        let (addr, conns) = raw_server(|_| {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-t: 1\r\n\r\n"
+                .to_vec()
+        })
+        .await;
+        let pool = Arc::new(Pool::default());
+        for _ in 0..3 {
+            assert_eq!(body_of(&pool, &addr, get(&addr)).await.1, "hello world");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_runs_to_the_close() {
+        // An HTTP/1.0 upstream: writes its answer and closes.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut b = [0u8; 1024];
+                let _ = s.read(&mut b).await;
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil the end").await;
+            }
+        });
+        let pool = Arc::new(Pool::default());
+        assert_eq!(body_of(&pool, &addr, get(&addr)).await.1, "until the end");
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "a close-delimited body ends its connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped_and_head_has_no_body() {
+        let (addr, conns) = raw_server(|head| {
+            if head.starts_with("HEAD") {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec()
+            } else {
+                b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+                  HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    .to_vec()
+            }
+        })
+        .await;
+        let pool = Arc::new(Pool::default());
+        assert_eq!(
+            body_of(&pool, &addr, get(&addr)).await,
+            (200, Bytes::from("ok"))
+        );
+        let mut head = get(&addr);
+        *head.method_mut() = http::Method::HEAD;
+        let res = pool
+            .send(&addr, head, &settings(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["content-length"], "5");
+        assert!(res
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty());
+        assert_eq!(body_of(&pool, &addr, get(&addr)).await.1, "ok");
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            1,
+            "one connection for all three"
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_answers_are_errors_not_responses() {
+        for answer in [
+            (|_: &str| {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nx".to_vec()
+            }) as fn(&str) -> Vec<u8>,
+            |_| b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(),
+            |_| b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec(),
+        ] {
+            let (addr, _) = raw_server(answer).await;
+            let pool = Arc::new(Pool::default());
+            let e = pool
+                .send(&addr, get(&addr), &settings(Duration::from_secs(30)))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, SendError::Request(WireError::Malformed(_))),
+                "{e}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_is_heard_while_the_body_is_still_going_up() {
+        // Answers 413 on the head alone; the body never ends (the client is still sending).
+        let (addr, _) = raw_server(|_| {
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!".to_vec()
+        })
+        .await;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"part"))))
+            .await
+            .unwrap();
+        let body = http_body_util::StreamBody::new(tokio_stream_like(rx));
+        let req = Request::builder()
+            .method("POST")
+            .uri("/")
+            .header(http::header::HOST, &addr)
+            .body(crate::body::boxed(body))
+            .unwrap();
+        let pool = Arc::new(Pool::default());
+        let got = tokio::time::timeout(Duration::from_secs(5), body_of(&pool, &addr, req))
+            .await
+            .expect("the answer comes before the body ends");
+        assert_eq!(got, (413, Bytes::from("big!")));
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "a connection with half a body is not reused"
+        );
+        drop(tx);
+    }
+
+    /// A stream over an mpsc receiver (no tokio-stream dependency for one test).
+    fn tokio_stream_like<T>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    #[tokio::test]
+    async fn request_bodies_go_up_with_their_framing() {
+        // Echoes the request head's framing line back as the body.
+        let (addr, _) = raw_server(|head| {
+            let framing = head
+                .lines()
+                .find(|l| l.starts_with("content-length") || l.starts_with("transfer-encoding"))
+                .unwrap_or("none")
+                .to_owned();
+            let expect = head.lines().any(|l| l.starts_with("expect"));
+            let body = format!("{framing} expect={expect}");
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        })
+        .await;
+        let pool = Arc::new(Pool::default());
+        let with_length = Request::builder()
+            .method("POST")
+            .uri("/")
+            .header(http::header::HOST, &addr)
+            .header(http::header::CONTENT_LENGTH, "3")
+            .header(http::header::EXPECT, "100-continue")
+            .body(crate::body::full("abc"))
+            .unwrap();
+        assert_eq!(
+            body_of(&pool, &addr, with_length).await.1,
+            "content-length: 3 expect=false"
+        );
+        let without_length = Request::builder()
+            .method("POST")
+            .uri("/")
+            .header(http::header::HOST, &addr)
+            .body(crate::body::full("abc"))
+            .unwrap();
+        assert_eq!(
+            body_of(&pool, &addr, without_length).await.1,
+            "transfer-encoding: chunked expect=false"
+        );
     }
 }

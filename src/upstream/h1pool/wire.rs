@@ -1,0 +1,971 @@
+//! HTTP/1.1 on the wire for the target-owned pool: one exchange on one connection, driven
+//! by the task of the request that makes it.
+//!
+//! Why not hyper's `client::conn::http1` here: it runs every connection in a task of its
+//! own, so each exchange crosses a channel to that task and back and wakes two tasks per
+//! direction, and it turns the whole response head into a fresh `HeaderMap` by copying.
+//! Here the request head is written from the headers the pipeline already checked, the
+//! response head is parsed with httparse (the parser hyper uses) into header values that
+//! are slices of the read buffer, and the response body is read straight off the socket by
+//! whoever polls it (the client connection's task). No task, no channel, no copy of the
+//! body.
+//!
+//! What it does, after RFC 9112:
+//! - request: `Content-Length` when the client's request had one, else chunked when there
+//!   is a body; `Expect` is not sent on (the gateway answered it to the client already);
+//!   a body that is ready at once (a kept body) goes out in the same write as the head;
+//! - an upstream that answers while the body is still going up (an early 413, a 401) is
+//!   heard: the upload stops and the connection is not reused;
+//! - response: interim 1xx answers are skipped (a 101 is an error: nothing here asks to
+//!   upgrade); no body for `HEAD`, 204 and 304; chunked when the last transfer coding is
+//!   `chunked` (trailers are read and dropped), else `Content-Length` (differing values are
+//!   an error), else until the upstream closes;
+//! - a connection is reused only after a complete, length-delimited HTTP/1.1 response with
+//!   no `Connection: close` and nothing left over.
+
+use crate::body::{Body, BoxError};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use std::future::Future;
+use std::io::ErrorKind;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+/// The largest response head read from an upstream.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Response header fields at most.
+const MAX_HEADERS: usize = 128;
+/// How much room each read asks for.
+const READ_CHUNK: usize = 16 * 1024;
+/// A chunk-size line or a trailer line longer than this is malformed.
+const MAX_LINE: usize = 4096;
+/// Trailers are read and dropped, up to this much.
+const MAX_TRAILERS: usize = 16 * 1024;
+/// A first body frame up to this size goes out in the same write as the head.
+const COALESCE: usize = 64 * 1024;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("upstream connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// Nothing of a response came before the upstream closed or reset the connection.
+    #[error("the upstream closed the connection without a response")]
+    NoResponse,
+    #[error("malformed response from the upstream: {0}")]
+    Malformed(&'static str),
+    #[error("the upstream's response head is larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("the upstream closed the connection before the end of the body")]
+    Truncated,
+    #[error("reading the request body failed")]
+    RequestBody(#[source] BoxError),
+}
+
+impl WireError {
+    /// The upstream cannot have acted on the request: it said nothing before closing (the
+    /// classic race with a keep-alive connection it was closing as we reused it).
+    pub fn nothing_received(&self) -> bool {
+        match self {
+            WireError::NoResponse => true,
+            WireError::Io(e) => matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// One upstream connection and what has been read from it but not used yet.
+#[derive(Debug)]
+pub struct Conn {
+    io: Io,
+    buf: BytesMut,
+}
+
+/// The socket, or its read half while a task of the exchange's still writes the request
+/// body on the other half (an upstream that answers as the body goes up).
+#[derive(Debug)]
+enum Io {
+    Whole(TcpStream),
+    Read(OwnedReadHalf),
+    /// Taken apart for a moment (reads as end of stream).
+    Gone,
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Whole(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Read(r) => Pin::new(r).poll_read(cx, buf),
+            Io::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Conn {
+        Conn {
+            io: Io::Whole(io),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can take a request: the upstream has neither closed it
+    /// nor sent anything unasked. Costs no system call unless the socket has news (the
+    /// reactor's readiness is looked at first; a short read already cleared it).
+    pub fn alive(&mut self) -> bool {
+        let Io::Whole(io) = &self.io else {
+            return false;
+        };
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(io.try_read(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads more into the buffer; `Ok(0)` at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        self.io.read_buf(&mut self.buf).await
+    }
+}
+
+/// A request head on the wire, with as much of the body as was ready at once.
+pub struct Outgoing {
+    bytes: Vec<u8>,
+    /// The rest of the body still to send; `None` once all of it is in `bytes`.
+    body: Option<Body>,
+    /// A frame read ahead but too large to copy into `bytes`: it goes first.
+    pending: Option<Bytes>,
+    /// Safe to send again after a failure that shows the upstream never saw it.
+    idempotent: bool,
+    chunked: bool,
+    head: bool,
+    /// The body failed while being read ahead (the size limit tripped, the client went).
+    failed: Option<BoxError>,
+}
+
+impl Outgoing {
+    /// Encodes `parts` (origin-form URI, `Host` set) and the start of `body`.
+    pub fn new(parts: &http::request::Parts, body: Body) -> Outgoing {
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut bytes = Vec::with_capacity(256 + parts.headers.len() * 32);
+        bytes.extend_from_slice(parts.method.as_str().as_bytes());
+        bytes.push(b' ');
+        bytes.extend_from_slice(pq.as_bytes());
+        bytes.extend_from_slice(b" HTTP/1.1\r\n");
+        let has_body = !body.is_end_stream();
+        let mut has_length = false;
+        for (name, value) in &parts.headers {
+            if name == header::EXPECT || name == header::TRANSFER_ENCODING {
+                continue;
+            }
+            has_length |= name == header::CONTENT_LENGTH;
+            bytes.extend_from_slice(name.as_str().as_bytes());
+            bytes.extend_from_slice(b": ");
+            bytes.extend_from_slice(value.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+        }
+        let chunked = has_body && !has_length;
+        if chunked {
+            bytes.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        bytes.extend_from_slice(b"\r\n");
+        let mut out = Outgoing {
+            bytes,
+            body: has_body.then_some(body),
+            chunked,
+            head: parts.method == Method::HEAD,
+            failed: None,
+            pending: None,
+            idempotent: parts.method.is_idempotent(),
+        };
+        out.take_ready();
+        out
+    }
+
+    /// Moves body frames that are ready without waiting (a kept body is) into `bytes`, so
+    /// head and body leave in one write and the request can be sent again as it is.
+    fn take_ready(&mut self) {
+        let Some(body) = self.body.as_mut() else {
+            return;
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        while self.bytes.len() < COALESCE {
+            match Pin::new(&mut *body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        if self.bytes.len() + data.len() > COALESCE {
+                            self.pending = Some(data);
+                            return;
+                        }
+                        encode_data(&mut self.bytes, &data, self.chunked);
+                    }
+                }
+                Poll::Ready(None) => {
+                    if self.chunked {
+                        self.bytes.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    self.body = None;
+                    return;
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.failed = Some(e);
+                    self.body = None;
+                    return;
+                }
+                Poll::Pending => return,
+            }
+            if body.is_end_stream() {
+                if self.chunked {
+                    self.bytes.extend_from_slice(b"0\r\n\r\n");
+                }
+                self.body = None;
+                return;
+            }
+        }
+    }
+
+    /// The error of a body that failed while being read ahead: the request cannot be sent.
+    pub fn failure(&mut self) -> Option<WireError> {
+        self.failed.take().map(WireError::RequestBody)
+    }
+
+    /// Whether the whole request is in hand, so it can go out again on another connection.
+    pub fn resendable(&self) -> bool {
+        self.body.is_none() && self.failed.is_none() && self.idempotent
+    }
+}
+
+fn encode_data(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+/// What was read of a response before its body.
+pub struct Head {
+    pub parts: http::response::Parts,
+    framing: Framing,
+    /// The connection may carry another exchange after this body.
+    keep: bool,
+}
+
+/// The request body's upload, when it goes on beside the response; stopped when dropped
+/// (the response is over or abandoned, so no one would hear the rest).
+#[derive(Debug)]
+struct Upload(JoinHandle<(OwnedWriteHalf, Result<(), WireError>)>);
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends `out` (taking its remaining body) on `conn` and reads the response head; the
+/// response body is then read through the returned [`WireBody`].
+pub async fn exchange(
+    mut conn: Conn,
+    out: &mut Outgoing,
+) -> Result<(http::response::Parts, WireBody), WireError> {
+    if let Some(e) = out.failure() {
+        return Err(e);
+    }
+    let Io::Whole(io) = &mut conn.io else {
+        return Err(WireError::Malformed("a connection still busy was reused"));
+    };
+    io.write_all(&out.bytes).await?;
+    let mut upload = None;
+    if let Some(body) = out.body.take() {
+        upload = send_rest(&mut conn, out.pending.take(), body, out.chunked).await?;
+    }
+    let head = read_head(&mut conn, out.head).await?;
+    let body = WireBody {
+        conn: Some(conn),
+        framing: head.framing,
+        keep: head.keep,
+        upload,
+    };
+    Ok((head.parts, body))
+}
+
+/// Streams the rest of the request body while listening for the response. An upstream
+/// that starts answering first (an early 413 or 401, or one that echoes as it reads) is
+/// heard: the upload carries on in a task of its own beside the response, and is stopped
+/// when the response ends.
+async fn send_rest(
+    conn: &mut Conn,
+    first: Option<Bytes>,
+    body: Body,
+    chunked: bool,
+) -> Result<Option<Upload>, WireError> {
+    let Io::Whole(io) = std::mem::replace(&mut conn.io, Io::Gone) else {
+        return Err(WireError::Malformed("a connection still busy was reused"));
+    };
+    let (rd, wr) = io.into_split();
+    let mut sending = Box::pin(async move {
+        let mut wr = wr;
+        let r = send_body(&mut wr, first, body, chunked).await;
+        (wr, r)
+    });
+    enum Step {
+        Sent(OwnedWriteHalf, Result<(), WireError>),
+        Readable(std::io::Result<()>),
+    }
+    loop {
+        let step = tokio::select! {
+            biased;
+            (wr, r) = &mut sending => Step::Sent(wr, r),
+            r = rd.readable() => Step::Readable(r),
+        };
+        match step {
+            Step::Sent(wr, r) => {
+                r?;
+                let io = rd
+                    .reunite(wr)
+                    .map_err(|_| WireError::Malformed("the halves of a connection differ"))?;
+                conn.io = Io::Whole(io);
+                return Ok(None);
+            }
+            Step::Readable(r) => {
+                r?;
+                match rd.try_read_buf(&mut conn.buf) {
+                    Ok(0) => {
+                        // Closed: the head read reports it; the upload is dropped.
+                        conn.io = Io::Read(rd);
+                        return Ok(None);
+                    }
+                    Ok(_) => {
+                        conn.io = Io::Read(rd);
+                        return Ok(Some(Upload(tokio::spawn(sending))));
+                    }
+                    // A readiness left over from before: nothing new.
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+}
+
+async fn send_body<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    first: Option<Bytes>,
+    mut body: Body,
+    chunked: bool,
+) -> Result<(), WireError> {
+    use http_body_util::BodyExt;
+    if let Some(data) = first {
+        write_data(wr, data, chunked).await?;
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(WireError::RequestBody)?;
+        // Trailers are not forwarded.
+        if let Ok(data) = frame.into_data() {
+            write_data(wr, data, chunked).await?;
+        }
+    }
+    if chunked {
+        wr.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(())
+}
+
+async fn write_data<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    data: Bytes,
+    chunked: bool,
+) -> Result<(), WireError> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    if chunked {
+        let size = Bytes::from(format!("{:x}\r\n", data.len()));
+        let mut b = size.chain(data).chain(&b"\r\n"[..]);
+        wr.write_all_buf(&mut b).await?;
+    } else {
+        let mut data = data;
+        wr.write_all_buf(&mut data).await?;
+    }
+    Ok(())
+}
+
+/// Reads until a final (non-1xx) response head is complete.
+async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Head, WireError> {
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_head(&mut conn.buf, head_request)? {
+                Parsed::Final(head) => return Ok(head),
+                // What follows an interim answer may be complete already.
+                Parsed::Interim => continue,
+                Parsed::Partial => {}
+            }
+        }
+        let had = conn.buf.len();
+        match conn.fill().await {
+            Ok(0) if had == 0 => return Err(WireError::NoResponse),
+            Ok(0) => {
+                return Err(WireError::Malformed(
+                    "the connection closed inside the response head",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if had == 0 => return Err(e.into()),
+            Err(_) => {
+                return Err(WireError::Malformed(
+                    "the connection broke inside the response head",
+                ))
+            }
+        }
+    }
+}
+
+/// What [`parse_head`] made of the front of the buffer.
+enum Parsed {
+    Final(Head),
+    /// An interim 1xx answer, consumed.
+    Interim,
+    Partial,
+}
+
+/// Parses one head off the front of `buf`.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, WireError> {
+    // Uninitialised slots: zeroing a hundred of them per response cost more than parsing.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= MAX_HEAD {
+                Err(WireError::HeadTooLarge)
+            } else {
+                Ok(Parsed::Partial)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(WireError::Malformed("too many header fields"))
+        }
+        Err(_) => return Err(WireError::Malformed("not an HTTP/1.x response head")),
+    };
+    let code = res.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| WireError::Malformed("the status code is out of range"))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(WireError::Malformed(
+            "101 to a request that asked no upgrade",
+        ));
+    }
+    if status.is_informational() {
+        buf.advance(len);
+        return Ok(Parsed::Interim);
+    }
+    let version = if res.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Where each field sits in the head, so values can be slices of it once frozen.
+    let base = buf.as_ptr() as usize;
+    let spans: Vec<(usize, usize, usize, usize)> = res
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.as_ptr() as usize - base,
+                h.name.len(),
+                h.value.as_ptr() as usize - base,
+                h.value.len(),
+            )
+        })
+        .collect();
+    let n = spans.len();
+    let head = buf.split_to(len).freeze();
+
+    let mut headers = HeaderMap::with_capacity(n);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut has_te = false;
+    let mut close = version == Version::HTTP_10;
+    for &(no, nl, vo, vl) in &spans {
+        let name = HeaderName::from_bytes(&head[no..no + nl])
+            .map_err(|_| WireError::Malformed("invalid header field name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vo..vo + vl))
+            .map_err(|_| WireError::Malformed("invalid header field value"))?;
+        if name == header::CONTENT_LENGTH {
+            let v = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or(WireError::Malformed("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != v) {
+                return Err(WireError::Malformed("differing Content-Length values"));
+            }
+            length = Some(v);
+        } else if name == header::TRANSFER_ENCODING {
+            has_te = true;
+            // Only the last coding counts: chunked must be last to frame the body.
+            chunked = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                    close = false;
+                }
+            }
+        }
+        headers.append(name, value);
+    }
+
+    let no_body =
+        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        Framing::Done
+    } else if has_te {
+        if chunked {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::Close
+        }
+    } else {
+        match length {
+            Some(0) => Framing::Done,
+            Some(l) => Framing::Length(l),
+            None => Framing::Close,
+        }
+    };
+    // Both framings at once: the length is ignored (RFC 9112 6.3), but such a connection
+    // is not trusted with another exchange.
+    let keep = !(close || matches!(framing, Framing::Close) || (has_te && length.is_some()));
+
+    let mut res = Response::new(());
+    *res.status_mut() = status;
+    *res.version_mut() = version;
+    *res.headers_mut() = headers;
+    let (parts, ()) = res.into_parts();
+    Ok(Parsed::Final(Head {
+        parts,
+        framing,
+        keep,
+    }))
+}
+
+/// How the rest of a response body is delimited.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes.
+    Close,
+    Done,
+}
+
+/// Where a chunked decoder is.
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// Trailer lines until the empty one; the count is what was read of them.
+    Trailers(usize),
+}
+
+/// A response body read off its connection as it is polled.
+#[derive(Debug)]
+pub struct WireBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep: bool,
+    upload: Option<Upload>,
+}
+
+impl WireBody {
+    /// The connection, once the body ended cleanly and it can carry another exchange.
+    pub fn take_idle(&mut self) -> Option<Conn> {
+        if !matches!(self.framing, Framing::Done) || !self.keep {
+            return None;
+        }
+        let mut conn = self.conn.take()?;
+        if let Some(mut u) = self.upload.take() {
+            // Reusable only if the upload already finished, and finished well.
+            let mut cx = Context::from_waker(Waker::noop());
+            let Poll::Ready(Ok((wr, Ok(())))) = Pin::new(&mut u.0).poll(&mut cx) else {
+                return None;
+            };
+            let Io::Read(rd) = std::mem::replace(&mut conn.io, Io::Gone) else {
+                return None;
+            };
+            conn.io = Io::Whole(rd.reunite(wr).ok()?);
+        }
+        conn.buf.is_empty().then_some(conn)
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, WireError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut self.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let n = (*left).min(conn.buf.len() as u64) as usize;
+                        *left -= n as u64;
+                        if *left == 0 {
+                            self.framing = Framing::Done;
+                        }
+                        return Poll::Ready(Some(Ok(conn.buf.split_to(n).freeze())));
+                    }
+                }
+                Framing::Close => {
+                    if !conn.buf.is_empty() {
+                        return Poll::Ready(Some(Ok(conn.buf.split().freeze())));
+                    }
+                }
+                Framing::Chunked(state) => match decode(state, &mut conn.buf) {
+                    Ok(Decoded::Data(b)) => return Poll::Ready(Some(Ok(b))),
+                    Ok(Decoded::End) => {
+                        self.framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    Ok(Decoded::More) => {}
+                    Err(e) => {
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+            }
+            let conn = self.conn.as_mut().expect("checked at the top of the loop");
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) => {
+                    self.conn = None;
+                    return Poll::Ready(match self.framing {
+                        Framing::Close => None,
+                        _ => Some(Err(WireError::Truncated)),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+}
+
+impl HttpBody for WireBody {
+    type Data = Bytes;
+    type Error = WireError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, WireError>>> {
+        self.get_mut()
+            .poll_next(cx)
+            .map(|o| o.map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+enum Decoded {
+    Data(Bytes),
+    End,
+    /// Needs more bytes.
+    More,
+}
+
+/// One step of the chunked decoder over what is buffered.
+fn decode(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, WireError> {
+    loop {
+        match *state {
+            Chunk::Size => {
+                let Some(eol) = find_line(buf)? else {
+                    return Ok(Decoded::More);
+                };
+                let line = &buf[..eol];
+                // chunk-size [ ; extensions ]: the extensions are ignored.
+                let digits = line
+                    .split(|&b| b == b';')
+                    .next()
+                    .unwrap_or(&[])
+                    .trim_ascii();
+                if digits.is_empty() || digits.len() > 15 {
+                    return Err(WireError::Malformed("invalid chunk size"));
+                }
+                let mut size = 0u64;
+                for &d in digits {
+                    let v = (d as char)
+                        .to_digit(16)
+                        .ok_or(WireError::Malformed("invalid chunk size"))?;
+                    size = size * 16 + u64::from(v);
+                }
+                buf.advance(eol + 2);
+                *state = if size == 0 {
+                    Chunk::Trailers(0)
+                } else {
+                    Chunk::Data(size)
+                };
+            }
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::More);
+                }
+                let n = left.min(buf.len() as u64) as usize;
+                *state = if n as u64 == left {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left - n as u64)
+                };
+                return Ok(Decoded::Data(buf.split_to(n).freeze()));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Decoded::More);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(WireError::Malformed("chunk data not followed by CRLF"));
+                }
+                buf.advance(2);
+                *state = Chunk::Size;
+            }
+            Chunk::Trailers(read) => {
+                let Some(eol) = find_line(buf)? else {
+                    return Ok(Decoded::More);
+                };
+                buf.advance(eol + 2);
+                if eol == 0 {
+                    return Ok(Decoded::End);
+                }
+                if read + eol > MAX_TRAILERS {
+                    return Err(WireError::Malformed("trailers too large"));
+                }
+                *state = Chunk::Trailers(read + eol + 2);
+            }
+        }
+    }
+}
+
+/// The offset of the CRLF ending the first line, if buffered.
+fn find_line(buf: &[u8]) -> Result<Option<usize>, WireError> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(i) if i > 0 && buf[i - 1] == b'\r' => Ok(Some(i - 1)),
+        Some(_) => Err(WireError::Malformed("a line not ended by CRLF")),
+        None if buf.len() > MAX_LINE => Err(WireError::Malformed("line too long")),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str, head_request: bool) -> Result<Option<Head>, WireError> {
+        let mut b = BytesMut::from(s);
+        parse_head(&mut b, head_request).map(|p| match p {
+            Parsed::Final(h) => Some(h),
+            Parsed::Interim | Parsed::Partial => None,
+        })
+    }
+
+    fn decode_all(input: &[u8], step: usize) -> Result<Vec<u8>, WireError> {
+        let mut state = Chunk::Size;
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut rest = input;
+        loop {
+            match decode(&mut state, &mut buf)? {
+                Decoded::Data(b) => out.extend_from_slice(&b),
+                Decoded::End => return Ok(out),
+                Decoded::More => {
+                    if rest.is_empty() {
+                        return Err(WireError::Truncated);
+                    }
+                    let n = step.min(rest.len());
+                    buf.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let h = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(h.framing, Framing::Length(5)) && h.keep);
+        assert_eq!(h.parts.headers["content-length"], "5");
+
+        let h = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(h.framing, Framing::Done), "no body to HEAD");
+
+        let h = parse(
+            "HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(h.framing, Framing::Done));
+
+        let h = parse(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(h.framing, Framing::Chunked(_)) && h.keep);
+
+        let h = parse("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(h.framing, Framing::Close) && !h.keep);
+
+        let h = parse("HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert!(matches!(h.framing, Framing::Close) && !h.keep);
+
+        let h = parse(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(h.framing, Framing::Chunked(_)) && !h.keep);
+
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.keep);
+        let h = parse("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep && h.parts.version == Version::HTTP_10);
+        let h = parse(
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.keep);
+    }
+
+    #[test]
+    fn bad_heads_are_errors_and_interim_answers_are_skipped() {
+        assert!(parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n", false)
+            .unwrap()
+            .is_none());
+        for bad in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(parse(bad, false).is_err(), "{bad:?}");
+        }
+        let h = parse(
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(h.framing, Framing::Length(5)));
+
+        let mut b = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n");
+        assert!(matches!(parse_head(&mut b, false), Ok(Parsed::Interim)));
+        let Ok(Parsed::Final(h)) = parse_head(&mut b, false) else {
+            panic!("a final head after the interim one")
+        };
+        assert_eq!(h.parts.status, 204);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn values_are_slices_of_the_head() {
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nx-a: one\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.parts.headers["x-a"], "one");
+        let cookies: Vec<_> = h.parts.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_sizes() {
+        let wire = b"5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nx-trailer: t\r\n\r\n";
+        for step in [1, 2, 3, 7, 64] {
+            assert_eq!(
+                decode_all(wire, step).unwrap(),
+                b"hello world",
+                "step {step}"
+            );
+        }
+        assert!(decode_all(b"zz\r\n", 64).is_err());
+        assert!(decode_all(b"5\r\nhelloXX0\r\n\r\n", 64).is_err());
+        assert!(decode_all(b"5\nhello\r\n0\r\n\r\n", 64).is_err());
+        assert!(decode_all(b"ffffffffffffffff\r\n", 64).is_err());
+        assert!(decode_all(b"5\r\nhel", 64).is_err(), "truncated");
+    }
+}
