@@ -290,6 +290,14 @@ pub async fn forward(
                     .send(t.target.authority.as_str(), request, &settings);
                 match tokio::time::timeout(limit, send).await {
                     Ok(Ok(res)) => Ok(Ok(res)),
+                    // The client's body broke (a bad chunk, a client gone): its fault, not
+                    // the target's, and never retried.
+                    Ok(Err(e)) if e.is_request_body() => {
+                        Ok(Err(Err(match classify(&e, false, up) {
+                            Err(too_large) => too_large,
+                            Ok(_) => GatewayError::ClientBody,
+                        })))
+                    }
                     Ok(Err(e)) => Ok(Err(classify(&e, e.is_connect(), up))),
                     Err(elapsed) => Err(elapsed),
                 }

@@ -62,6 +62,11 @@ impl SendError {
     pub fn is_connect(&self) -> bool {
         !matches!(self, SendError::Request(_))
     }
+
+    /// Reading the client's request body failed (not the upstream's doing).
+    pub fn is_request_body(&self) -> bool {
+        matches!(self, SendError::Request(WireError::RequestBody(_)))
+    }
 }
 
 struct Idle {
