@@ -81,12 +81,13 @@ pub async fn refuse<B>(
     conn: ConnInfo,
     req: Request<B>,
     error: GatewayError,
+    line: Option<(http::Method, String)>,
 ) -> Response<Body>
 where
     B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
 {
-    let mut res = serve(snap, conn, req, Some(error)).await;
+    let mut res = serve(snap, conn, req, Some((error, line))).await;
     res.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     res
@@ -96,7 +97,7 @@ async fn serve<B>(
     snap: Arc<Snapshot>,
     conn: ConnInfo,
     req: Request<B>,
-    refused: Option<GatewayError>,
+    refused: Option<(GatewayError, Option<(http::Method, String)>)>,
 ) -> Response<Body>
 where
     B: HttpBody<Data = bytes::Bytes> + Send + 'static,
@@ -115,7 +116,7 @@ where
     } else {
         conn.peer.ip()
     };
-    let method = req.method().clone();
+    let mut method = req.method().clone();
     let version = req.version();
     let host = host_of(&req);
 
@@ -144,7 +145,14 @@ where
     };
     let mut stats = None;
     let res = match refused {
-        Some(e) => Err(e),
+        Some((e, line)) => {
+            // The log names what the client sent, not the guard's stand-in.
+            if let Some((m, p)) = line {
+                method = m;
+                cx.path = p;
+            }
+            Err(e)
+        }
         None => pipeline(gw, &mut cx, &peer, &host, req, &mut stats).await,
     };
     let mut res = match res {

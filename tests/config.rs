@@ -863,3 +863,44 @@ routes:
     }
     gw.shutdown_within(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_head_is_logged_with_what_the_client_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let path = common::process::write(
+        dir.path(),
+        "gw.yaml",
+        &format!(
+            "\
+listeners: [ {{ bind: 127.0.0.1:0 }} ]
+access_log: {{ format: json, path: \"{}\" }}
+routes:
+  - match: {{ path: /hello }}
+    respond: {{ status: 200, body: hi }}
+",
+            log.display()
+        ),
+    );
+    let gw = start(&path, false).await;
+    // Ambiguous framing: refused by the head guard before hyper parses it.
+    let r = common::raw::raw(
+        gw.addr(),
+        b"POST /smuggle?api_key=s3cr3t HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    r.problem(400);
+    // A request line that is not plain text: logged as dashes.
+    let r = common::raw::raw(gw.addr(), b"G\x01T /x HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    r.problem(400);
+
+    let lines = log_lines(&log, 2).await;
+    let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(v["method"], "POST", "{v}");
+    assert_eq!(v["path"], "/smuggle", "{v}");
+    assert_eq!(v["status"], 400);
+    assert!(!lines[0].contains("s3cr3t"), "{}", lines[0]);
+    let v: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(v["method"], "-", "{v}");
+    assert_eq!(v["status"], 400);
+}

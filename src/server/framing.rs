@@ -102,14 +102,23 @@ pub struct Verdict {
     seen: AtomicU64,
     /// `request << 8 | reason`, 0 for none. Set before hyper can parse the synthetic head.
     refused: AtomicU64,
+    /// The refused head's method and path, for the access log (hyper only sees the
+    /// stand-in). Touched once per refusal, never on the request path of good heads.
+    line: std::sync::Mutex<Option<(http::Method, String)>>,
 }
 
 impl Verdict {
-    fn refuse(&self, request: u64, reason: Reject) {
+    fn refuse(&self, request: u64, reason: Reject, head: &[u8]) {
+        *self.line.lock().unwrap_or_else(|e| e.into_inner()) = Some(request_line(head));
         self.refused.store(
             request.wrapping_shl(8) | u64::from(reason.code()),
             Ordering::Release,
         );
+    }
+
+    /// The refused head's method and path (query cut off), taken once.
+    pub fn refused_line(&self) -> Option<(http::Method, String)> {
+        self.line.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Called by the service once per request, in arrival order: the refusal for this
@@ -122,6 +131,28 @@ impl Verdict {
         }
         Reject::from_code(v as u8)
     }
+}
+
+/// What the access log shows of a refused head: its method and path when they are plain
+/// (visible ASCII, of sane length), `-` for either otherwise. The query is cut off, as for
+/// every logged path.
+fn request_line(head: &[u8]) -> (http::Method, String) {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let mut parts = line.split(|&b| b == b' ');
+    let dash = || http::Method::from_bytes(b"-").expect("- is a token");
+    let method = parts
+        .next()
+        .filter(|m| !m.is_empty() && m.len() <= 32)
+        .and_then(|m| http::Method::from_bytes(m).ok())
+        .unwrap_or_else(dash);
+    let path = parts
+        .next()
+        .map(|t| t.split(|&b| b == b'?').next().unwrap_or(&[]))
+        .filter(|p| p.starts_with(b"/") && p.len() <= 2048)
+        .filter(|p| p.iter().all(|b| (0x21..0x7f).contains(b)))
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_else(|| "-".to_owned());
+    (method, path)
 }
 
 /// A connection's byte stream with the guard in front (see the module doc).
@@ -190,7 +221,7 @@ impl<T> Guarded<T> {
                 request,
                 reason,
             } => {
-                self.verdict.refuse(request, reason);
+                self.verdict.refuse(request, reason, &self.stash[at..]);
                 self.stash.truncate(at);
                 self.stash.extend_from_slice(SYNTHETIC);
                 self.ready = self.stash.len();
@@ -255,7 +286,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                             request,
                             reason,
                         } => {
-                            this.verdict.refuse(request, reason);
+                            this.verdict
+                                .refuse(request, reason, &buf.filled()[before + at..]);
                             this.blocked = true;
                             buf.set_filled(before + at);
                             let k = SYNTHETIC.len().min(buf.remaining());

@@ -593,12 +593,13 @@ async fn serve_io<S>(
         // In arrival order (HTTP/1 calls the service one request at a time): the guard
         // names the refused request by its number on the connection.
         let refused = verdict.next_request();
+        let line = refused.and_then(|_| verdict.refused_line());
         async move {
             Ok::<_, Infallible>(match (kind, refused) {
                 (Kind::Proxy, None) => proxy::handle(snap, conn, req).await,
                 (Kind::Proxy, Some(r)) => {
                     let e = r.error(snap.gateway.settings.max_header_size);
-                    proxy::refuse(snap, conn, req, e).await
+                    proxy::refuse(snap, conn, req, e, line).await
                 }
                 (Kind::Admin, _) => crate::admin::handle(&h, &snap, req).await,
             })
