@@ -15,8 +15,10 @@
 //! Reuse rules: a connection the upstream closed (or wrote to) while idle is noticed at
 //! checkout and skipped, with no system call when its socket had no news. A request that
 //! got nothing back on a reused connection (closed or reset before any byte of a response:
-//! the upstream was closing it as we reused it) goes out again on a fresh one, when the
-//! whole request is in hand; otherwise a failure is the caller's to retry. A response body
+//! the upstream was closing it as we reused it) goes out again once, on a new
+//! connection, when the whole request is in hand and its method is idempotent (so a request
+//! that makes the upstream reset goes out at most twice); otherwise a failure is the
+//! caller's to retry. A response body
 //! dropped before its end drops its connection too (HTTP/1 cannot cancel one exchange and
 //! keep the connection). Idle connections older than the idle timeout are closed at the
 //! next checkout or return, and by a sweeper task per pool that holds only a `Weak`.
@@ -139,8 +141,14 @@ impl Pool {
         if let Some(e) = out.failure() {
             return Err(SendError::Request(e));
         }
+        let mut resent = false;
         loop {
-            let (conn, reused) = match self.checkout(Instant::now(), s) {
+            let checked_out = if resent {
+                None
+            } else {
+                self.checkout(Instant::now(), s)
+            };
+            let (conn, reused) = match checked_out {
                 Some(c) => (c, true),
                 None => (self.connect(authority, s).await?, false),
             };
@@ -157,8 +165,11 @@ impl Pool {
                     return Ok(Response::from_parts(parts, Pooled::Wire { body, home }));
                 }
                 // The upstream was closing this idle connection as we reused it: the
-                // request can go out again as it is, on another one.
-                Err(e) if reused && e.nothing_received() && out.resendable() => continue,
+                // request can go out again as it is, once, on a new connection.
+                Err(e) if reused && e.nothing_received() && out.resendable() => {
+                    resent = true;
+                    continue;
+                }
                 Err(e) => return Err(SendError::Request(e)),
             }
         }
@@ -657,5 +668,68 @@ mod tests {
             body_of(&pool, &addr, without_length).await.1,
             "transfer-encoding: chunked expect=false"
         );
+    }
+
+    /// Answers the first request on each connection, then closes instead of answering the
+    /// second (an upstream closing an idle connection just as it is reused). Counts
+    /// connections.
+    async fn closes_on_second_request() -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let mut answered = 0;
+                    loop {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            if answered == 1 {
+                                return; // closes without a word
+                            }
+                            buf.clear();
+                            answered += 1;
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_request_is_resent_once_on_a_new_connection_and_a_post_is_not() {
+        let (addr, conns) = closes_on_second_request().await;
+        let pool = Arc::new(Pool::default());
+        let s = settings(Duration::from_secs(30));
+        assert_eq!(body_of(&pool, &addr, get(&addr)).await.1, "ok");
+        // Reuses the first connection, which closes: goes out again on a second one.
+        assert_eq!(body_of(&pool, &addr, get(&addr)).await.1, "ok");
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        // The same for a POST is an error: the upstream may have acted on it.
+        let post = Request::builder()
+            .method("POST")
+            .uri("/")
+            .header(http::header::HOST, &addr)
+            .header(http::header::CONTENT_LENGTH, "1")
+            .body(crate::body::full("x"))
+            .unwrap();
+        let e = pool.send(&addr, post, &s).await.unwrap_err();
+        assert!(
+            matches!(e, SendError::Request(WireError::NoResponse)),
+            "{e}"
+        );
+        assert_eq!(conns.load(Ordering::SeqCst), 2, "not sent again");
     }
 }

@@ -14,8 +14,10 @@
 //! - request: `Content-Length` when the client's request had one, else chunked when there
 //!   is a body; `Expect` is not sent on (the gateway answered it to the client already);
 //!   a body that is ready at once (a kept body) goes out in the same write as the head;
-//! - an upstream that answers while the body is still going up (an early 413, a 401) is
-//!   heard: the upload stops and the connection is not reused;
+//! - an upstream that answers while the body is still going up (an early 413, a 401, an
+//!   echo) is heard: its answer streams back while the upload goes on beside it, and the
+//!   connection is not reused (what the upstream did not read would be taken for the next
+//!   request); the body is held to its `Content-Length`, never more or fewer bytes;
 //! - response: interim 1xx answers are skipped (a 101 is an error: nothing here asks to
 //!   upgrade); no body for `HEAD`, 204 and 304; chunked when the last transfer coding is
 //!   `chunked` (trailers are read and dropped), else `Content-Length` (differing values are
@@ -27,7 +29,6 @@ use crate::body::{Body, BoxError};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use std::future::Future;
 use std::io::ErrorKind;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -38,7 +39,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 /// The largest response head read from an upstream.
-pub const MAX_HEAD: usize = 64 * 1024;
+/// (About hyper's default read buffer limit, so upstreams with large `Set-Cookie` heads
+/// work as they did.)
+pub const MAX_HEAD: usize = 400 * 1024;
 /// Response header fields at most.
 const MAX_HEADERS: usize = 128;
 /// How much room each read asks for.
@@ -132,8 +135,15 @@ impl Conn {
         if !self.buf.is_empty() {
             return false;
         }
+        // With the task's cooperative budget spent, readiness reads as pending whatever the
+        // socket says: ask the socket itself then.
         let mut cx = Context::from_waker(Waker::noop());
-        match io.poll_read_ready(&mut cx) {
+        let readiness = if tokio::task::coop::has_budget_remaining() {
+            io.poll_read_ready(&mut cx)
+        } else {
+            Poll::Ready(Ok(()))
+        };
+        match readiness {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             Poll::Ready(Ok(())) => {
@@ -166,8 +176,14 @@ pub struct Outgoing {
     body: Option<Body>,
     /// A frame read ahead but too large to copy into `bytes`: it goes first.
     pending: Option<Bytes>,
-    /// Safe to send again after a failure that shows the upstream never saw it.
-    idempotent: bool,
+    /// The whole request is in `bytes` and its method is idempotent: it can go out again
+    /// after a failure that shows the upstream never answered. Decided once, before any
+    /// try takes the body.
+    resendable: bool,
+    /// The body's length as the head announces it (`Content-Length`), to hold the body to.
+    declared: Option<u64>,
+    /// Body bytes put on the wire (or into `bytes`) so far, when `declared` is set.
+    counted: u64,
     chunked: bool,
     head: bool,
     /// The body failed while being read ahead (the size limit tripped, the client went).
@@ -207,9 +223,18 @@ impl Outgoing {
             head: parts.method == Method::HEAD,
             failed: None,
             pending: None,
-            idempotent: parts.method.is_idempotent(),
+            resendable: false,
+            declared: None,
+            counted: 0,
         };
+        if has_body && has_length {
+            out.declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| parse_length(v.as_bytes()));
+        }
         out.take_ready();
+        out.resendable = out.body.is_none() && out.failed.is_none() && parts.method.is_idempotent();
         out
     }
 
@@ -228,14 +253,16 @@ impl Outgoing {
                             self.pending = Some(data);
                             return;
                         }
+                        if let Err(e) = count(&mut self.counted, self.declared, data.len()) {
+                            self.failed = Some(e);
+                            self.body = None;
+                            return;
+                        }
                         encode_data(&mut self.bytes, &data, self.chunked);
                     }
                 }
                 Poll::Ready(None) => {
-                    if self.chunked {
-                        self.bytes.extend_from_slice(b"0\r\n\r\n");
-                    }
-                    self.body = None;
+                    self.finish_ready();
                     return;
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -246,12 +273,19 @@ impl Outgoing {
                 Poll::Pending => return,
             }
             if body.is_end_stream() {
-                if self.chunked {
-                    self.bytes.extend_from_slice(b"0\r\n\r\n");
-                }
-                self.body = None;
+                self.finish_ready();
                 return;
             }
+        }
+    }
+
+    /// The body ended while being read ahead: close it, and hold it to its length.
+    fn finish_ready(&mut self) {
+        self.body = None;
+        if let Err(e) = complete(self.counted, self.declared) {
+            self.failed = Some(e);
+        } else if self.chunked {
+            self.bytes.extend_from_slice(b"0\r\n\r\n");
         }
     }
 
@@ -262,8 +296,47 @@ impl Outgoing {
 
     /// Whether the whole request is in hand, so it can go out again on another connection.
     pub fn resendable(&self) -> bool {
-        self.body.is_none() && self.failed.is_none() && self.idempotent
+        self.resendable
     }
+}
+
+/// The body is longer than its `Content-Length`: sending more would put bytes on the
+/// connection that the upstream reads as the next request.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body does not match its Content-Length")]
+pub struct LengthMismatch;
+
+fn count(counted: &mut u64, declared: Option<u64>, n: usize) -> Result<(), BoxError> {
+    *counted += n as u64;
+    match declared {
+        Some(d) if *counted > d => Err(Box::new(LengthMismatch)),
+        _ => Ok(()),
+    }
+}
+
+fn complete(counted: u64, declared: Option<u64>) -> Result<(), BoxError> {
+    match declared {
+        Some(d) if counted != d => Err(Box::new(LengthMismatch)),
+        _ => Ok(()),
+    }
+}
+
+/// A `Content-Length` value: ASCII digits, optionally a list of equal values (`5, 5`, which
+/// some senders merge duplicates into); nothing else (`+5`, `0x5`, `5 6`).
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let mut out: Option<u64> = None;
+    for part in v.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        if out.is_some_and(|o| o != n) {
+            return None;
+        }
+        out = Some(n);
+    }
+    out
 }
 
 fn encode_data(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
@@ -312,36 +385,75 @@ pub async fn exchange(
     };
     io.write_all(&out.bytes).await?;
     let mut upload = None;
+    let mut reuse = true;
+    let mut broken = None;
     if let Some(body) = out.body.take() {
-        upload = send_rest(&mut conn, out.pending.take(), body, out.chunked).await?;
+        let rest = Rest {
+            first: out.pending.take(),
+            body,
+            chunked: out.chunked,
+            declared: out.declared,
+            counted: out.counted,
+        };
+        match send_rest(&mut conn, rest).await? {
+            Sent::All => {}
+            // The answer began before the body was all sent: whatever of the body the
+            // upstream has not read would be taken for the next request. Never reused.
+            Sent::Early(u) => {
+                reuse = false;
+                upload = u;
+            }
+            // The upstream stopped reading (and maybe answered first): look for an answer
+            // before reporting the broken write.
+            Sent::Broken(e) => {
+                reuse = false;
+                broken = Some(e);
+            }
+        }
     }
-    let head = read_head(&mut conn, out.head).await?;
+    let head = match read_head(&mut conn, out.head).await {
+        Ok(head) => head,
+        Err(e) => return Err(broken.map_or(e, WireError::Io)),
+    };
     let body = WireBody {
         conn: Some(conn),
         framing: head.framing,
-        keep: head.keep,
+        keep: head.keep && reuse,
         upload,
     };
     Ok((head.parts, body))
+}
+
+/// The part of a request body not in the head's write.
+struct Rest {
+    first: Option<Bytes>,
+    body: Body,
+    chunked: bool,
+    declared: Option<u64>,
+    counted: u64,
+}
+
+/// How the upload of the rest of a body ended.
+enum Sent {
+    All,
+    /// The upstream answered (or closed) first; the upload goes on in this task, if any.
+    Early(Option<Upload>),
+    /// Writing failed at the transport.
+    Broken(std::io::Error),
 }
 
 /// Streams the rest of the request body while listening for the response. An upstream
 /// that starts answering first (an early 413 or 401, or one that echoes as it reads) is
 /// heard: the upload carries on in a task of its own beside the response, and is stopped
 /// when the response ends.
-async fn send_rest(
-    conn: &mut Conn,
-    first: Option<Bytes>,
-    body: Body,
-    chunked: bool,
-) -> Result<Option<Upload>, WireError> {
+async fn send_rest(conn: &mut Conn, rest: Rest) -> Result<Sent, WireError> {
     let Io::Whole(io) = std::mem::replace(&mut conn.io, Io::Gone) else {
         return Err(WireError::Malformed("a connection still busy was reused"));
     };
     let (rd, wr) = io.into_split();
     let mut sending = Box::pin(async move {
         let mut wr = wr;
-        let r = send_body(&mut wr, first, body, chunked).await;
+        let r = send_body(&mut wr, rest).await;
         (wr, r)
     });
     enum Step {
@@ -355,25 +467,29 @@ async fn send_rest(
             r = rd.readable() => Step::Readable(r),
         };
         match step {
-            Step::Sent(wr, r) => {
-                r?;
+            Step::Sent(wr, Ok(())) => {
                 let io = rd
                     .reunite(wr)
                     .map_err(|_| WireError::Malformed("the halves of a connection differ"))?;
                 conn.io = Io::Whole(io);
-                return Ok(None);
+                return Ok(Sent::All);
             }
+            Step::Sent(_, Err(WireError::Io(e))) => {
+                conn.io = Io::Read(rd);
+                return Ok(Sent::Broken(e));
+            }
+            Step::Sent(_, Err(e)) => return Err(e),
             Step::Readable(r) => {
                 r?;
                 match rd.try_read_buf(&mut conn.buf) {
                     Ok(0) => {
                         // Closed: the head read reports it; the upload is dropped.
                         conn.io = Io::Read(rd);
-                        return Ok(None);
+                        return Ok(Sent::Early(None));
                     }
                     Ok(_) => {
                         conn.io = Io::Read(rd);
-                        return Ok(Some(Upload(tokio::spawn(sending))));
+                        return Ok(Sent::Early(Some(Upload(tokio::spawn(sending)))));
                     }
                     // A readiness left over from before: nothing new.
                     Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
@@ -384,23 +500,28 @@ async fn send_rest(
     }
 }
 
-async fn send_body<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    first: Option<Bytes>,
-    mut body: Body,
-    chunked: bool,
-) -> Result<(), WireError> {
+async fn send_body<W: AsyncWrite + Unpin>(wr: &mut W, rest: Rest) -> Result<(), WireError> {
     use http_body_util::BodyExt;
+    let Rest {
+        first,
+        mut body,
+        chunked,
+        declared,
+        mut counted,
+    } = rest;
     if let Some(data) = first {
+        count(&mut counted, declared, data.len()).map_err(WireError::RequestBody)?;
         write_data(wr, data, chunked).await?;
     }
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(WireError::RequestBody)?;
         // Trailers are not forwarded.
         if let Ok(data) = frame.into_data() {
+            count(&mut counted, declared, data.len()).map_err(WireError::RequestBody)?;
             write_data(wr, data, chunked).await?;
         }
     }
+    complete(counted, declared).map_err(WireError::RequestBody)?;
     if chunked {
         wr.write_all(b"0\r\n\r\n").await?;
     }
@@ -428,6 +549,9 @@ async fn write_data<W: AsyncWrite + Unpin>(
 
 /// Reads until a final (non-1xx) response head is complete.
 async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Head, WireError> {
+    // Whether anything came back at all (an interim answer consumed counts): only with
+    // nothing may the request be taken as unseen.
+    let mut any = !conn.buf.is_empty();
     loop {
         if !conn.buf.is_empty() {
             match parse_head(&mut conn.buf, head_request)? {
@@ -437,16 +561,15 @@ async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Head, WireErro
                 Parsed::Partial => {}
             }
         }
-        let had = conn.buf.len();
         match conn.fill().await {
-            Ok(0) if had == 0 => return Err(WireError::NoResponse),
+            Ok(0) if !any => return Err(WireError::NoResponse),
             Ok(0) => {
                 return Err(WireError::Malformed(
                     "the connection closed inside the response head",
                 ))
             }
-            Ok(_) => {}
-            Err(e) if had == 0 => return Err(e.into()),
+            Ok(_) => any = true,
+            Err(e) if !any => return Err(e.into()),
             Err(_) => {
                 return Err(WireError::Malformed(
                     "the connection broke inside the response head",
@@ -530,9 +653,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, WireErro
         let value = HeaderValue::from_maybe_shared(head.slice(vo..vo + vl))
             .map_err(|_| WireError::Malformed("invalid header field value"))?;
         if name == header::CONTENT_LENGTH {
-            let v = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+            let v = parse_length(value.as_bytes())
                 .ok_or(WireError::Malformed("invalid Content-Length"))?;
             if length.is_some_and(|l| l != v) {
                 return Err(WireError::Malformed("differing Content-Length values"));
@@ -559,6 +680,16 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, WireErro
         headers.append(name, value);
     }
 
+    if has_te && version == Version::HTTP_10 {
+        return Err(WireError::Malformed(
+            "Transfer-Encoding in an HTTP/1.0 response",
+        ));
+    }
+    if has_te && length.is_some() {
+        // The length is not what frames this body (RFC 9112 6.3): it must not reach the
+        // client, whose framing it would then decide.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let no_body =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
@@ -628,18 +759,10 @@ impl WireBody {
         if !matches!(self.framing, Framing::Done) || !self.keep {
             return None;
         }
-        let mut conn = self.conn.take()?;
-        if let Some(mut u) = self.upload.take() {
-            // Reusable only if the upload already finished, and finished well.
-            let mut cx = Context::from_waker(Waker::noop());
-            let Poll::Ready(Ok((wr, Ok(())))) = Pin::new(&mut u.0).poll(&mut cx) else {
-                return None;
-            };
-            let Io::Read(rd) = std::mem::replace(&mut conn.io, Io::Gone) else {
-                return None;
-            };
-            conn.io = Io::Whole(rd.reunite(wr).ok()?);
+        if self.upload.is_some() {
+            return None;
         }
+        let conn = self.conn.take()?;
         conn.buf.is_empty().then_some(conn)
     }
 
@@ -937,6 +1060,51 @@ mod tests {
         };
         assert_eq!(h.parts.status, 204);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn lengths_are_digits_only_and_a_chunked_body_drops_its_length() {
+        assert_eq!(parse_length(b"5"), Some(5));
+        assert_eq!(parse_length(b" 5 "), Some(5));
+        assert_eq!(parse_length(b"5, 5"), Some(5));
+        for bad in [
+            &b"+5"[..],
+            b"0x5",
+            b"5, 6",
+            b"5 6",
+            b"",
+            b",",
+            b"-1",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let h = parse(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.parts.headers.contains_key("content-length"));
+        assert!(parse(
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            false
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_body_is_held_to_its_length() {
+        let mut counted = 0;
+        assert!(count(&mut counted, Some(5), 3).is_ok());
+        assert!(complete(counted, Some(5)).is_err(), "short");
+        assert!(count(&mut counted, Some(5), 3).is_err(), "long");
+        assert!(complete(0, None).is_ok());
     }
 
     #[test]
