@@ -46,6 +46,8 @@ pub struct TooLarge(pub u64);
 pub struct BodyStats {
     pub bytes: AtomicU64,
     pub tripped: AtomicBool,
+    /// The client's body itself failed (a malformed chunk, the client gone).
+    pub broken: AtomicBool,
 }
 
 pin_project_lite::pin_project! {
@@ -95,7 +97,10 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.stats.broken.store(true, Ordering::Release);
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

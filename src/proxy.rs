@@ -406,14 +406,17 @@ where
                 match backend::http::forward(up, route, &gw.settings, cx, peer, req).await {
                     Ok(r) => r,
                     Err(e) => {
-                        // The limit tripping mid-stream surfaces as an upstream send error.
-                        let tripped = stats
-                            .as_ref()
-                            .is_some_and(|s| s.tripped.load(Ordering::Acquire));
-                        let e = if tripped {
+                        // The limit tripping mid-stream, or the client's body breaking,
+                        // surfaces as an upstream send error: it is the client's.
+                        let seen = |f: fn(&BodyStats) -> &std::sync::atomic::AtomicBool| {
+                            stats.as_ref().is_some_and(|s| f(s).load(Ordering::Acquire))
+                        };
+                        let e = if seen(|s| &s.tripped) {
                             GatewayError::BodyTooLarge {
                                 limit: route.max_body,
                             }
+                        } else if seen(|s| &s.broken) {
+                            GatewayError::ClientBody
                         } else {
                             e
                         };

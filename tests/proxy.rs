@@ -1398,4 +1398,23 @@ async fn a_broken_chunked_body_is_the_clients_400_not_the_upstreams_502() {
     );
     let r = gw.raw(&req).await;
     assert_type(&r.problem(400), "bad-request-body");
+
+    // The same through the pooled client (an h2c upstream).
+    let gw = Gateway::start(
+        r#"
+        upstreams:
+          echo: { protocol: http2, targets: [ { url: "$ECHO" } ] }
+        routes:
+          - match: {}
+            upstream: echo
+        "#
+        .replace("$ECHO", &echo.url()),
+    )
+    .await;
+    let req = format!(
+        "POST /upload HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        gw.addr
+    );
+    let r = gw.raw(&req).await;
+    assert_type(&r.problem(400), "bad-request-body");
 }

@@ -153,6 +153,10 @@ pub async fn forward(
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
     let client_version = parts.version;
+    // Room for what the gateway adds (forwarding headers, Via, request id, Host, trace
+    // context) at once: growing a client's one-header map a slot at a time rehashes it
+    // again and again.
+    parts.headers.reserve(8);
     forwarded::strip_hop_by_hop(
         &mut parts.headers,
         &route.protected,

@@ -642,7 +642,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, WireErro
     let n = spans.len();
     let head = buf.split_to(len).freeze();
 
-    let mut headers = HeaderMap::with_capacity(n);
+    // With room for what the gateway adds on the way back (Via, request id, policies').
+    let mut headers = HeaderMap::with_capacity(n + 4);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut has_te = false;
