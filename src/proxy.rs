@@ -56,13 +56,9 @@ pub struct ConnInfo {
     pub client_cert: Option<Arc<crate::auth::mtls::ClientCert>>,
 }
 
-/// Credentials that must appear at most once: with two, the gateway might check one and the
-/// upstream use the other.
-static SINGLE: [header::HeaderName; 3] = [
-    header::AUTHORIZATION,
-    header::HOST,
-    header::HeaderName::from_static("x-api-key"),
-];
+// Credentials that must appear at most once (with two, the gateway might check one and
+// the upstream use the other): `Authorization`, `Host`, `X-API-Key`, counted in
+// `check_head`; the configured API-key headers in `auth::Registry::check_single`.
 
 pub async fn handle<B>(snap: Arc<Snapshot>, conn: ConnInfo, req: Request<B>) -> Response<Body>
 where
@@ -281,30 +277,45 @@ fn check_head<B>(req: &Request<B>, max: u64) -> Result<(), GatewayError> {
         return Err(GatewayError::HeadersTooLarge { limit: max });
     }
     let h: &HeaderMap = req.headers();
-    for name in &SINGLE {
-        let mut all = h.get_all(name).iter();
-        if all.next().is_some() && all.next().is_some() {
-            return Err(GatewayError::BadRequest(match *name {
-                header::HOST => "the request has more than one Host header",
-                _ => "the request repeats a credential header",
-            }));
+    // One pass over the fields, counting the few that matter (cheaper than a hashed lookup
+    // per name for the usual handful of headers).
+    let (mut auth, mut host, mut key, mut cls, mut te) = (0u32, 0u32, 0u32, 0u32, false);
+    for (name, _) in h.iter() {
+        match name.as_str() {
+            "authorization" => auth += 1,
+            "host" => host += 1,
+            "x-api-key" => key += 1,
+            "content-length" => cls += 1,
+            "transfer-encoding" => te = true,
+            _ => {}
         }
     }
-    if req.version() == Version::HTTP_11
-        && req.uri().authority().is_none()
-        && !h.contains_key(header::HOST)
-    {
+    if auth > 1 {
+        return Err(GatewayError::BadRequest(
+            "the request repeats a credential header",
+        ));
+    }
+    if host > 1 {
+        return Err(GatewayError::BadRequest(
+            "the request has more than one Host header",
+        ));
+    }
+    if key > 1 {
+        return Err(GatewayError::BadRequest(
+            "the request repeats a credential header",
+        ));
+    }
+    if req.version() == Version::HTTP_11 && req.uri().authority().is_none() && host == 0 {
         return Err(GatewayError::BadRequest(
             "an HTTP/1.1 request needs a Host header",
         ));
     }
-    let cls = h.get_all(header::CONTENT_LENGTH).iter().count();
     if cls > 1 {
         return Err(GatewayError::BadRequest(
             "the request has more than one Content-Length",
         ));
     }
-    if cls == 1 && h.contains_key(header::TRANSFER_ENCODING) {
+    if cls == 1 && te {
         return Err(GatewayError::BadRequest(
             "the request has both Content-Length and Transfer-Encoding",
         ));
