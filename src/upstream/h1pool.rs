@@ -448,9 +448,10 @@ mod tests {
         assert!(matches!(e, SendError::Connect { .. }), "{e}");
     }
 
-    /// A loopback server that answers each request head it reads with `answer(head)`, on
-    /// the same connection (the bytes are sent as they are). Counts connections.
-    async fn raw_server(answer: fn(&str) -> Vec<u8>) -> (String, Arc<AtomicUsize>) {
+    /// A loopback server that answers each request head it reads with `answer(head, n)`
+    /// (`n`: the request's index on its connection), on the same connection; the bytes are
+    /// sent as they are, and an empty answer closes the connection. Counts connections.
+    async fn raw_server(answer: fn(&str, usize) -> Vec<u8>) -> (String, Arc<AtomicUsize>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -462,11 +463,13 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
+                    let mut n = 0;
                     loop {
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
                             buf.drain(..end + 4);
-                            let out = answer(&head);
+                            let out = answer(&head, n);
+                            n += 1;
                             if out.is_empty() || s.write_all(&out).await.is_err() {
                                 return;
                             }
@@ -493,7 +496,7 @@ mod tests {
 
     #[tokio::test]
     async fn chunked_responses_decode_and_keep_their_connection() {
-        let (addr, conns) = raw_server(|_| {
+        let (addr, conns) = raw_server(|_, _| {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
               5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-t: 1\r\n\r\n"
                 .to_vec()
@@ -530,7 +533,7 @@ mod tests {
 
     #[tokio::test]
     async fn interim_answers_are_skipped_and_head_has_no_body() {
-        let (addr, conns) = raw_server(|head| {
+        let (addr, conns) = raw_server(|head, _| {
             if head.starts_with("HEAD") {
                 b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec()
             } else {
@@ -570,11 +573,11 @@ mod tests {
     #[tokio::test]
     async fn malformed_answers_are_errors_not_responses() {
         for answer in [
-            (|_: &str| {
+            (|_: &str, _: usize| {
                 b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nx".to_vec()
-            }) as fn(&str) -> Vec<u8>,
-            |_| b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(),
-            |_| b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec(),
+            }) as fn(&str, usize) -> Vec<u8>,
+            |_, _| b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(),
+            |_, _| b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec(),
         ] {
             let (addr, _) = raw_server(answer).await;
             let pool = Arc::new(Pool::default());
@@ -592,7 +595,7 @@ mod tests {
     #[tokio::test]
     async fn an_early_answer_is_heard_while_the_body_is_still_going_up() {
         // Answers 413 on the head alone; the body never ends (the client is still sending).
-        let (addr, _) = raw_server(|_| {
+        let (addr, _) = raw_server(|_, _| {
             b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!".to_vec()
         })
         .await;
@@ -630,7 +633,7 @@ mod tests {
     #[tokio::test]
     async fn request_bodies_go_up_with_their_framing() {
         // Echoes the request head's framing line back as the body.
-        let (addr, _) = raw_server(|head| {
+        let (addr, _) = raw_server(|head, _| {
             let framing = head
                 .lines()
                 .find(|l| l.starts_with("content-length") || l.starts_with("transfer-encoding"))
@@ -670,47 +673,18 @@ mod tests {
         );
     }
 
-    /// Answers the first request on each connection, then closes instead of answering the
-    /// second (an upstream closing an idle connection just as it is reused). Counts
-    /// connections.
-    async fn closes_on_second_request() -> (String, Arc<AtomicUsize>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let counted = conns.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    let mut answered = 0;
-                    loop {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            if answered == 1 {
-                                return; // closes without a word
-                            }
-                            buf.clear();
-                            answered += 1;
-                            let _ = s
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                                .await;
-                        }
-                    }
-                });
-            }
-        });
-        (addr, conns)
-    }
-
     #[tokio::test]
     async fn an_idempotent_request_is_resent_once_on_a_new_connection_and_a_post_is_not() {
-        let (addr, conns) = closes_on_second_request().await;
+        // Answers the first request on each connection, then closes instead of answering
+        // the second (an upstream closing an idle connection just as it is reused).
+        let (addr, conns) = raw_server(|_, n| {
+            if n == 0 {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()
+            } else {
+                Vec::new()
+            }
+        })
+        .await;
         let pool = Arc::new(Pool::default());
         let s = settings(Duration::from_secs(30));
         assert_eq!(body_of(&pool, &addr, get(&addr)).await.1, "ok");
