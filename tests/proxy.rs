@@ -1380,41 +1380,26 @@ async fn weights_3_to_1_split_requests_3_to_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_chunked_body_is_the_clients_400_not_the_upstreams_502() {
     let echo = Upstream::echo().await;
-    let gw = Gateway::start(
-        r#"
-        upstreams:
-          echo: { targets: [ { url: "$ECHO" } ] }
-        routes:
-          - match: {}
-            upstream: echo
-        "#
-        .replace("$ECHO", &echo.url()),
-    )
-    .await;
-    // A valid first chunk, then a chunk size that is not hex.
-    let req = format!(
-        "POST /upload HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
-        gw.addr
-    );
-    let r = gw.raw(&req).await;
-    assert_type(&r.problem(400), "bad-request-body");
-
-    // The same through the pooled client (an h2c upstream).
-    let gw = Gateway::start(
-        r#"
-        upstreams:
-          echo: { protocol: http2, targets: [ { url: "$ECHO" } ] }
-        routes:
-          - match: {}
-            upstream: echo
-        "#
-        .replace("$ECHO", &echo.url()),
-    )
-    .await;
-    let req = format!(
-        "POST /upload HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
-        gw.addr
-    );
-    let r = gw.raw(&req).await;
-    assert_type(&r.problem(400), "bad-request-body");
+    // The gateway's own HTTP/1.1 client, then the pooled client (an h2c upstream).
+    for protocol in ["http1", "http2"] {
+        let gw = Gateway::start(
+            r#"
+            upstreams:
+              echo: { protocol: $PROTOCOL, targets: [ { url: "$ECHO" } ] }
+            routes:
+              - match: {}
+                upstream: echo
+            "#
+            .replace("$PROTOCOL", protocol)
+            .replace("$ECHO", &echo.url()),
+        )
+        .await;
+        // A valid first chunk, then a chunk size that is not hex.
+        let req = format!(
+            "POST /upload HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+            gw.addr
+        );
+        let r = gw.raw(&req).await;
+        assert_type(&r.problem(400), "bad-request-body");
+    }
 }
