@@ -16,7 +16,7 @@
 //!   resolved into each new snapshot at install), the access-log sinks (reopened on SIGUSR1)
 //!   and the tracer (restarted only when `tracing` changes).
 
-pub mod framing;
+pub mod h1;
 pub mod tls;
 
 use crate::compile::{self, CompileEnv, Gateway};
@@ -27,11 +27,9 @@ use crate::observe::trace::Tracer;
 use crate::proxy::{self, ConnInfo, Snapshot};
 use crate::upstream::Pools;
 use arc_swap::ArcSwap;
-use framing::Guarded;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -129,7 +127,8 @@ struct State {
     generation: AtomicU64,
     running: Mutex<HashMap<(Kind, String), Running>>,
     sinks: Mutex<HashMap<Option<String>, Sink>>,
-    graceful: Mutex<Option<GracefulShutdown>>,
+    /// Fires on shutdown; every connection holds a receiver until it ends.
+    graceful: Mutex<Option<watch::Sender<()>>>,
     reload_lock: tokio::sync::Mutex<()>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
@@ -170,7 +169,7 @@ pub async fn start(opts: Options) -> Result<ServerHandle, StartError> {
         generation: AtomicU64::new(0),
         running: Mutex::new(HashMap::new()),
         sinks: Mutex::new(HashMap::new()),
-        graceful: Mutex::new(Some(GracefulShutdown::new())),
+        graceful: Mutex::new(Some(watch::channel(()).0)),
         reload_lock: tokio::sync::Mutex::new(()),
         reloads_ok: AtomicU64::new(0),
         reloads_failed: AtomicU64::new(0),
@@ -406,7 +405,10 @@ impl ServerHandle {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         match graceful {
-            Some(g) => tokio::time::timeout(grace, g.shutdown()).await.is_ok(),
+            Some(tx) => {
+                let _ = tx.send(());
+                tokio::time::timeout(grace, tx.closed()).await.is_ok()
+            }
             None => true,
         }
     }
@@ -425,6 +427,16 @@ impl ServerHandle {
             .values()
             .map(|u| u.status())
             .collect()
+    }
+
+    /// A receiver of the shutdown signal for a new connection; `None` once shutting down.
+    fn stop_signal(&self) -> Option<watch::Receiver<()>> {
+        let g = self
+            .state
+            .graceful
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        g.as_ref().map(watch::Sender::subscribe)
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -511,31 +523,25 @@ async fn serve_connection(
     };
     let max_header = snap.gateway.settings.max_header_size;
     drop(snap);
-    let limits = framing::Limits {
-        max_head: usize::try_from(max_header).unwrap_or(usize::MAX),
-        validate: framing::VALIDATE,
+    let conn = |tls: bool, client_cert| ConnInfo {
+        peer,
+        peer_value: crate::forwarded::peer_value(peer.ip()),
+        tls,
+        client_cert,
     };
-    match tls {
-        None => {
-            let io = match kind {
-                Kind::Proxy => Guarded::new(stream, limits),
-                Kind::Admin => Guarded::passthrough(stream),
-            };
-            serve_io(
+    match (tls, kind) {
+        (None, Kind::Admin) => {
+            serve_hyper(
                 handle,
                 kind,
-                io,
-                ConnInfo {
-                    peer,
-                    peer_value: crate::forwarded::peer_value(peer.ip()),
-                    tls: false,
-                    client_cert: None,
-                },
+                h1::Rewind::new(stream),
+                conn(false, None),
                 max_header,
             )
             .await
         }
-        Some(cfg) => {
+        (None, Kind::Proxy) => serve_h1(handle, stream, conn(false, None), max_header).await,
+        (Some(cfg), _) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => {
@@ -547,25 +553,12 @@ async fn serve_connection(
                         .and_then(|c| c.first())
                         .and_then(|c| crate::auth::mtls::ClientCert::parse(c.as_ref()))
                         .map(Arc::new);
-                    // With h2 chosen by ALPN there are no HTTP/1 heads to guard.
-                    let io = if s.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        Guarded::passthrough(s)
+                    let info = conn(true, client_cert);
+                    if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        serve_hyper(handle, kind, h1::Rewind::new(s), info, max_header).await
                     } else {
-                        Guarded::new(s, limits)
-                    };
-                    serve_io(
-                        handle,
-                        kind,
-                        io,
-                        ConnInfo {
-                            peer,
-                            peer_value: crate::forwarded::peer_value(peer.ip()),
-                            tls: true,
-                            client_cert,
-                        },
-                        max_header,
-                    )
-                    .await
+                        serve_h1(handle, s, info, max_header).await
+                    }
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -574,66 +567,100 @@ async fn serve_connection(
     }
 }
 
-async fn serve_io<S>(
+/// How long a client may take to send a complete request head (idle time before it
+/// included); hyper's setting for the connections it serves.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A proxy connection on the gateway's own HTTP/1 server ([`h1`]); what it hands off
+/// (h2c, upgrades) goes on to hyper.
+async fn serve_h1<S>(handle: ServerHandle, io: S, conn: ConnInfo, max_header: u64)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(stop) = handle.stop_signal() else {
+        // Shutting down: refuse new work on a connection accepted in the race.
+        return;
+    };
+    let cfg = h1::Config {
+        max_head: usize::try_from(max_header).unwrap_or(usize::MAX),
+        header_timeout: HEADER_TIMEOUT,
+    };
+    let h = handle.clone();
+    let c = conn.clone();
+    let ended = h1::serve(io, cfg, stop, move |call| {
+        let snap = h.snapshot();
+        let conn = c.clone();
+        async move {
+            match call {
+                h1::Call::Request(req) => proxy::handle(snap, conn, req).await,
+                h1::Call::Refused(reason, line) => {
+                    let e = reason.error(snap.gateway.settings.max_header_size);
+                    // A stand-in for the head that was refused: never routed or forwarded.
+                    let stand_in = http::Request::new(crate::body::empty());
+                    proxy::refuse(snap, conn, stand_in, e, Some(line)).await
+                }
+            }
+        }
+    })
+    .await;
+    if let h1::Ended::Handoff(io) = ended {
+        serve_hyper(handle, Kind::Proxy, io, conn, max_header).await;
+    }
+}
+
+/// A connection served by hyper: HTTP/2 (ALPN h2 or the h2c preface), what follows an
+/// HTTP/1 upgrade or `CONNECT`, and the admin listener.
+async fn serve_hyper<S>(
     handle: ServerHandle,
     kind: Kind,
-    io: Guarded<S>,
+    io: h1::Rewind<S>,
     conn: ConnInfo,
     max_header: u64,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Some(mut stop) = handle.stop_signal() else {
+        return;
+    };
     let h = handle.clone();
     let peer = conn.peer;
-    let verdict = io.verdict();
     let svc = service_fn(move |req| {
         let snap = h.snapshot();
         let h = h.clone();
         let conn = conn.clone();
-        // In arrival order (HTTP/1 calls the service one request at a time): the guard
-        // names the refused request by its number on the connection.
-        let refused = verdict.next_request();
-        let line = refused.and_then(|_| verdict.refused_line());
         async move {
-            Ok::<_, Infallible>(match (kind, refused) {
-                (Kind::Proxy, None) => proxy::handle(snap, conn, req).await,
-                (Kind::Proxy, Some(r)) => {
-                    let e = r.error(snap.gateway.settings.max_header_size);
-                    proxy::refuse(snap, conn, req, e, line).await
-                }
-                (Kind::Admin, _) => crate::admin::handle(&h, &snap, req).await,
+            Ok::<_, Infallible>(match kind {
+                Kind::Proxy => proxy::handle(snap, conn, req).await,
+                Kind::Admin => crate::admin::handle(&h, &snap, req).await,
             })
         }
     });
     let io = TokioIo::new(io);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's own limit is a backstop above ours: the guard refuses heads over
-    // max_header_size before hyper parses them, so hyper never answers its bare 431.
+    // hyper's own limit is a backstop above ours (HTTP/1 heads here were checked already).
     let backstop = (max_header as usize).saturating_mul(2).max(16 * 1024);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(backstop + 8192);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(backstop as u32)
         .max_concurrent_streams(1024);
-    let conn_fut = builder.serve_connection_with_upgrades(io, svc);
-    let watched = {
-        let g = handle
-            .state
-            .graceful
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match g.as_ref() {
-            Some(g) => g.watch(conn_fut.into_owned()),
-            // Shutting down: refuse new work on a connection accepted in the race.
-            None => return,
+    let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, svc));
+    let mut stopping = false;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
         }
     };
-    if let Err(e) = watched.await {
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

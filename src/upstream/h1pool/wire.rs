@@ -734,9 +734,9 @@ enum Framing {
     Done,
 }
 
-/// Where a chunked decoder is.
+/// Where a chunked decoder is (also the gateway's own server's, for request bodies).
 #[derive(Debug, Clone, Copy)]
-enum Chunk {
+pub(crate) enum Chunk {
     Size,
     Data(u64),
     /// The CRLF after a chunk's data.
@@ -847,7 +847,7 @@ impl HttpBody for WireBody {
     }
 }
 
-enum Decoded {
+pub(crate) enum Decoded {
     Data(Bytes),
     End,
     /// Needs more bytes.
@@ -855,7 +855,7 @@ enum Decoded {
 }
 
 /// One step of the chunked decoder over what is buffered.
-fn decode(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, WireError> {
+pub(crate) fn decode(state: &mut Chunk, buf: &mut BytesMut) -> Result<Decoded, WireError> {
     loop {
         match *state {
             Chunk::Size => {
