@@ -9,6 +9,7 @@
 #   BENCH_DURATION=8s   wrk -d per measured run
 #   BENCH_ROUNDS=2      rounds (nginx, portcullis, ...)
 #   CALLGRIND=0         1: also count instructions per request (needs valgrind)
+#   CALLGRIND_KEEP=DIR  keep the callgrind profile there (cg.out, n) for callgrind_annotate
 #   SKIP_BUILD=1        use the existing release binary
 #   BIN=PATH            the portcullis binary (default $CARGO_TARGET_DIR/release/portcullis)
 #   PROXY_CPU=0 LOAD_CPU=1
@@ -109,4 +110,7 @@ if [ "${CALLGRIND:-0}" = 1 ]; then
     ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
     echo
     echo "callgrind: $n requests, $ir instructions, $((ir / n)) instructions per request (user space)"
+    if [ -n "${CALLGRIND_KEEP:-}" ]; then
+        mkdir -p "$CALLGRIND_KEEP" && cp "$f" "$CALLGRIND_KEEP/cg.out" && echo "$n" >"$CALLGRIND_KEEP/n"
+    fi
 fi

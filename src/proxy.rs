@@ -60,36 +60,42 @@ pub struct ConnInfo {
 // the upstream use the other): `Authorization`, `Host`, `X-API-Key`, counted in
 // `check_head`; the configured API-key headers in `auth::Registry::check_single`.
 
-pub async fn handle<B>(snap: Arc<Snapshot>, conn: ConnInfo, req: Request<B>) -> Response<Body>
+pub fn handle<B>(
+    snap: Arc<Snapshot>,
+    conn: ConnInfo,
+    req: Request<B>,
+) -> impl std::future::Future<Output = Response<Body>>
 where
     B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
 {
-    serve(snap, conn, req, None).await
+    // Not an `async fn` of its own: every layer of future nesting is one more copy of the
+    // whole pipeline's state per request.
+    serve(snap, conn, req, None)
 }
 
-/// Answers a request the connection's HTTP/1 head guard refused (`server/framing.rs`): `req`
-/// is the guard's synthetic stand-in, never routed or forwarded. The answer goes the way of
-/// every other early answer (request id, metrics, access-log line, span) and carries
-/// `Connection: close`, since nothing after a refused head can be trusted.
-pub async fn refuse<B>(
+/// Answers a request the connection's HTTP/1 server refused (`server/h1/head.rs`): `req` is
+/// a stand-in, never routed or forwarded, and `line` the refused head's method and path for
+/// the access log. The answer goes the way of every other early answer (request id,
+/// metrics, access-log line, span) and carries `Connection: close`, since nothing after a
+/// refused head can be trusted.
+pub fn refuse<B>(
     snap: Arc<Snapshot>,
     conn: ConnInfo,
     req: Request<B>,
     error: GatewayError,
     line: Option<(http::Method, String)>,
-) -> Response<Body>
+) -> impl std::future::Future<Output = Response<Body>>
 where
     B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
 {
-    let mut res = serve(snap, conn, req, Some((error, line))).await;
-    res.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    res
+    serve(snap, conn, req, Some((error, line)))
 }
 
-async fn serve<B>(
+/// The whole pipeline for one request; `refused` carries the answer to a head the
+/// connection refused (see [`refuse`]).
+pub async fn serve<B>(
     snap: Arc<Snapshot>,
     conn: ConnInfo,
     req: Request<B>,
@@ -140,6 +146,7 @@ where
         tls: conn.tls,
     };
     let mut stats = None;
+    let refused_head = refused.is_some();
     let res = match refused {
         Some((e, line)) => {
             // The log names what the client sent, not the guard's stand-in.
@@ -149,7 +156,9 @@ where
             }
             Err(e)
         }
-        None => pipeline(gw, &mut cx, &peer, &host, req, &mut stats).await,
+        // Boxed: the pipeline's state (policies, the upstream exchange) is most of the
+        // request's, and the futures above it are moved as a request starts.
+        None => Box::pin(pipeline(gw, &mut cx, &peer, &host, req, &mut stats)).await,
     };
     let mut res = match res {
         Ok(r) => r,
@@ -170,6 +179,10 @@ where
     };
     res.headers_mut()
         .insert(s.request_id_header.clone(), cx.request_id.clone());
+    if refused_head {
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 
     // Everything below is recorded when the response body is done (bytes, total time).
     let path = if cx.path.is_empty() {
@@ -403,7 +416,12 @@ where
     // an upstream, whatever the route.
     gw.auth.strip_identity_headers(req.headers_mut());
 
-    let (ran, early) = policy::run_request(&route.chain, cx, &mut req).await;
+    // A route without policies skips even building the chain's future (it is large).
+    let (ran, early) = if route.chain.is_empty() {
+        (0, Ok(None))
+    } else {
+        policy::run_request(&route.chain, cx, &mut req).await
+    };
     let mut res = match early {
         Ok(Some(res)) => res,
         Ok(None) => match &route.backend {

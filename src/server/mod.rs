@@ -531,14 +531,10 @@ async fn serve_connection(
     };
     match (tls, kind) {
         (None, Kind::Admin) => {
-            serve_hyper(
-                handle,
-                kind,
-                h1::Rewind::new(stream),
-                conn(false, None),
-                max_header,
-            )
-            .await
+            if let Some(stop) = handle.stop_signal() {
+                let io = h1::Rewind::new(stream);
+                serve_hyper(handle, kind, io, conn(false, None), max_header, stop).await
+            }
         }
         (None, Kind::Proxy) => serve_h1(handle, stream, conn(false, None), max_header).await,
         (Some(cfg), _) => {
@@ -555,7 +551,10 @@ async fn serve_connection(
                         .map(Arc::new);
                     let info = conn(true, client_cert);
                     if s.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        serve_hyper(handle, kind, h1::Rewind::new(s), info, max_header).await
+                        if let Some(stop) = handle.stop_signal() {
+                            let io = h1::Rewind::new(s);
+                            serve_hyper(handle, kind, io, info, max_header, stop).await
+                        }
                     } else {
                         serve_h1(handle, s, info, max_header).await
                     }
@@ -589,22 +588,24 @@ where
     let c = conn.clone();
     let ended = h1::serve(io, cfg, stop, move |call| {
         let snap = h.snapshot();
-        let conn = c.clone();
-        async move {
-            match call {
-                h1::Call::Request(req) => proxy::handle(snap, conn, req).await,
-                h1::Call::Refused(reason, line) => {
-                    let e = reason.error(snap.gateway.settings.max_header_size);
-                    // A stand-in for the head that was refused: never routed or forwarded.
-                    let stand_in = http::Request::new(crate::body::empty());
-                    proxy::refuse(snap, conn, stand_in, e, Some(line)).await
-                }
+        // The pipeline's future is returned as it is (no wrapping `async` block, which
+        // would be one more copy of its state per request).
+        let (req, refused) = match call {
+            h1::Call::Request(req) => (req, None),
+            h1::Call::Refused(reason, line) => {
+                let e = reason.error(snap.gateway.settings.max_header_size);
+                // A stand-in for the head that was refused: never routed or forwarded.
+                (
+                    http::Request::new(h1::RequestBody::empty()),
+                    Some((e, Some(line))),
+                )
             }
-        }
+        };
+        proxy::serve(snap, c.clone(), req, refused)
     })
     .await;
-    if let h1::Ended::Handoff(io) = ended {
-        serve_hyper(handle, Kind::Proxy, io, conn, max_header).await;
+    if let h1::Ended::Handoff(io, stop) = ended {
+        serve_hyper(handle, Kind::Proxy, io, conn, max_header, stop).await;
     }
 }
 
@@ -616,12 +617,10 @@ async fn serve_hyper<S>(
     io: h1::Rewind<S>,
     conn: ConnInfo,
     max_header: u64,
+    mut stop: watch::Receiver<()>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(mut stop) = handle.stop_signal() else {
-        return;
-    };
     let h = handle.clone();
     let peer = conn.peer;
     let svc = service_fn(move |req| {

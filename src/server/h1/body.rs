@@ -30,7 +30,8 @@ pub enum BodyError {
 pub(super) struct Shared {
     /// The body has been polled (the client may be asked to send it).
     wanted: AtomicBool,
-    /// Woken when `wanted` is first set.
+    /// The connection's task: woken when `wanted` is first set and when the body is
+    /// dropped.
     waker: AtomicWaker,
     /// Set before the sender is dropped at the body's end; a channel that closes without it
     /// is a body cut short, never a clean end.
@@ -45,6 +46,11 @@ impl Shared {
         }
         self.waker.register(cx.waker());
         self.wanted.load(Ordering::Acquire)
+    }
+
+    /// Wakes the connection when the body is first polled or dropped.
+    pub(super) fn register(&self, cx: &mut Context<'_>) {
+        self.waker.register(cx.waker());
     }
 
     pub(super) fn set_complete(&self) {
@@ -69,7 +75,8 @@ struct Inner {
 }
 
 impl RequestBody {
-    pub(super) fn empty() -> RequestBody {
+    /// A request without a body.
+    pub fn empty() -> RequestBody {
         RequestBody { inner: None }
     }
 
@@ -87,6 +94,17 @@ impl RequestBody {
             tokio_util::sync::PollSender::new(tx),
             shared,
         )
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        // The connection may be waiting for client bytes with a slot reserved; a closed
+        // channel alone would not wake it.
+        if let Some(inner) = self.inner.take() {
+            drop(inner.rx);
+            inner.shared.waker.wake();
+        }
     }
 }
 

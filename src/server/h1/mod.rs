@@ -85,8 +85,9 @@ pub enum Call {
 /// How the loop ended.
 pub enum Ended<S> {
     Closed,
-    /// hyper takes over: the connection, and what was read of it and not consumed.
-    Handoff(Rewind<S>),
+    /// hyper takes over: the connection, what was read of it and not consumed, and the
+    /// shutdown signal it was served under.
+    Handoff(Rewind<S>, watch::Receiver<()>),
 }
 
 /// Serves one HTTP/1 connection until it closes or is handed to hyper. `stop` fires on
@@ -126,7 +127,7 @@ struct Conn<S> {
     /// Fires at or before `deadline` (re-armed lazily).
     timer: Pin<Box<Sleep>>,
     stop: watch::Receiver<()>,
-    /// Completes on shutdown; polled only while idle.
+    /// Completes on shutdown; polled only while a head is awaited.
     stopped: Option<StopFut>,
 }
 
@@ -151,10 +152,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Next::Head(h) => h,
                 Next::Closed => return Ended::Closed,
                 Next::Switch => {
-                    return Ended::Handoff(Rewind {
-                        prefix: self.rbuf.freeze(),
-                        io: self.io,
-                    })
+                    return Ended::Handoff(
+                        Rewind {
+                            prefix: self.rbuf.freeze(),
+                            io: self.io,
+                        },
+                        self.stop,
+                    )
                 }
                 Next::Refused(reason, line) => {
                     let res = service(Call::Refused(reason, line)).await;
@@ -210,14 +214,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let mut fut = pin!(service(Call::Request(Request::from_parts(parts, req_body))));
         let res = poll_fn(|cx| {
-            if let Some(p) = pump.as_mut() {
-                let _ = p.poll(cx, &mut self.io, &mut self.rbuf);
+            let body_done = match pump.as_mut() {
+                Some(p) => p.poll(cx, &mut self.io, &mut self.rbuf).is_ready(),
+                None => true,
+            };
+            if let Poll::Ready(res) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(res));
             }
-            fut.as_mut().poll(cx)
+            // A client that goes away cancels its request (as nginx and hyper do): the
+            // socket is watched once the body is in. Pipelined bytes are kept, up to one
+            // read's worth. With tokio's readiness tracking this costs no system call
+            // while nothing arrives.
+            if body_done && self.rbuf.len() < READ_SIZE {
+                if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 2 {
+                    self.rbuf.reserve(READ_SIZE);
+                }
+                match poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => cx.waker().wake_by_ref(),
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
         })
         .await;
+        let Some(res) = res else {
+            // The pipeline's future is dropped here: the upstream exchange is abandoned.
+            return Some(false);
+        };
         let stopping = self.stop.has_changed().unwrap_or(true);
-        let close = !keep_alive || stopping;
+        let mut close = !keep_alive || stopping;
+        if let Some(p) = pump.as_mut() {
+            // A body that will not be read to its end (dropped by an early answer, or a
+            // `100 Continue` never sent) ends the connection: say so.
+            if p.abandoned() {
+                close = true;
+            }
+        }
         let Ok(keep) = self
             .respond(res, pump.as_mut(), head_request, version, close)
             .await
@@ -265,9 +298,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
+    /// No request is in progress while a head is awaited (even half of one is no work
+    /// begun), so shutdown closes the connection here whatever is buffered.
     fn poll_read_head(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let idle = self.rbuf.is_empty();
-        if idle && self.stop.has_changed().unwrap_or(true) {
+        if self.stop.has_changed().unwrap_or(true) {
             return Poll::Ready(Ok(0));
         }
         if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 2 {
@@ -279,12 +313,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 if self.poll_deadline(cx) {
                     return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
                 }
-                if idle {
-                    if let Some(s) = self.stopped.as_mut() {
-                        if s.as_mut().poll(cx).is_ready() {
-                            self.stopped = None;
-                            return Poll::Ready(Ok(0));
-                        }
+                if let Some(s) = self.stopped.as_mut() {
+                    if s.as_mut().poll(cx).is_ready() {
+                        self.stopped = None;
+                        return Poll::Ready(Ok(0));
                     }
                 }
                 Poll::Pending
@@ -316,7 +348,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         version: Version,
         mut close: bool,
     ) -> io::Result<bool> {
-        let (mut parts, body) = res.into_parts();
+        let (parts, body) = res.into_parts();
         if parts
             .headers
             .get(header::CONNECTION)
@@ -329,18 +361,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let mut add_length = None;
+        // The connection writes `Content-Length` itself, once: from the response's own
+        // value(s) when they agree (a list of equal values is one length), else from the
+        // body when its size is known.
+        let declared = declared_length(&parts.headers);
+        let mut length = None;
         let mut out = if no_body {
+            // HEAD and 304 keep the length of what a GET would get; a 204 has none.
+            if status != StatusCode::NO_CONTENT {
+                length = declared;
+            }
             Out::None
-        } else if let Some(n) = declared {
-            Out::Length(n)
-        } else if let Some(n) = body.size_hint().exact() {
-            add_length = Some(n);
+        } else if let Some(n) = declared.or_else(|| body.size_hint().exact()) {
+            length = Some(n);
             Out::Length(n)
         } else if version == Version::HTTP_11 {
             Out::Chunked
@@ -348,11 +381,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             close = true;
             Out::Close
         };
-        if !matches!(out, Out::Length(_)) && declared.is_some() && !no_body {
-            parts.headers.remove(header::CONTENT_LENGTH);
+        // A `100 Continue` not sent yet never will be: the answer goes first.
+        if let Some(p) = pump.as_deref_mut() {
+            if p.cancel_continue() {
+                close = true;
+            }
         }
         self.wbuf.clear();
-        encode_head(&mut self.wbuf, &parts, out, add_length, close, version);
+        encode_head(&mut self.wbuf, &parts, out, length, close, version);
         drop(parts);
 
         let mut body = if no_body { None } else { Some(body) };
@@ -454,6 +490,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
+/// The response's `Content-Length`: one value, or several lines or list items that all
+/// agree. `None` when absent or when they disagree or are not lengths (the body's own size,
+/// or chunked, frames it then).
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut found = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for item in v.as_bytes().split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let n = std::str::from_utf8(item).ok()?.parse::<u64>().ok()?;
+            if found.is_some_and(|f| f != n) {
+                return None;
+            }
+            found = Some(n);
+        }
+    }
+    found
+}
+
 fn is_preface_start(buf: &[u8]) -> bool {
     !buf.is_empty() && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())])
 }
@@ -479,7 +536,7 @@ fn encode_head(
     w: &mut Vec<u8>,
     parts: &http::response::Parts,
     out: Out,
-    add_length: Option<u64>,
+    length: Option<u64>,
     close: bool,
     version: Version,
 ) {
@@ -492,7 +549,10 @@ fn encode_head(
     let mut date = false;
     for (name, value) in &parts.headers {
         // Framing and connection management are this connection's to say.
-        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+        if name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONTENT_LENGTH
+        {
             continue;
         }
         if name == header::DATE {
@@ -503,7 +563,7 @@ fn encode_head(
         w.extend_from_slice(value.as_bytes());
         w.extend_from_slice(b"\r\n");
     }
-    if let Some(n) = add_length {
+    if let Some(n) = length {
         w.extend_from_slice(b"content-length: ");
         w.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         w.extend_from_slice(b"\r\n");
@@ -637,6 +697,30 @@ impl Pump {
         self.state = state;
     }
 
+    /// Whether the body will not be read to its end: the pipeline dropped it, or the
+    /// client was never asked for it.
+    fn abandoned(&mut self) -> bool {
+        if self.state == State::Running && self.receiver_gone() {
+            self.finish(State::Gone);
+        }
+        self.state == State::Gone || (self.state == State::Running && self.expect == Some(0))
+    }
+
+    /// Drops a `100 Continue` that has not been sent (the final answer is about to be
+    /// written); true when the body is thereby left unread. A half-written one is finished
+    /// first by the caller's poll.
+    fn cancel_continue(&mut self) -> bool {
+        if self.state == State::Running && self.expect == Some(0) {
+            self.finish(State::Gone);
+            return true;
+        }
+        false
+    }
+
+    fn receiver_gone(&self) -> bool {
+        self.tx.get_ref().is_none_or(|s| s.is_closed())
+    }
+
     fn fail(&mut self, e: BodyError) {
         // A slot is reserved whenever this is called.
         let _ = self.tx.send_item(Err(e));
@@ -656,10 +740,12 @@ impl Pump {
                 return Poll::Ready(());
             }
             // The pipeline dropped the body (an early answer): nothing more is read of it.
-            if self.tx.get_ref().is_none_or(|s| s.is_closed()) {
+            // (Its drop wakes this task through `shared`, registered below.)
+            if self.receiver_gone() {
                 self.finish(State::Gone);
                 continue;
             }
+            self.shared.register(cx);
             if let Some(sent) = self.expect {
                 if !self.shared.poll_wanted(cx) {
                     return Poll::Pending;
