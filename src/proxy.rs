@@ -106,7 +106,12 @@ where
     B::Error: Into<body::BoxError>,
 {
     let started = Instant::now();
-    let time = SystemTime::now();
+    // Wall-clock time is only for the access-log line.
+    let time = if snap.log.is_some() {
+        SystemTime::now()
+    } else {
+        SystemTime::UNIX_EPOCH
+    };
     let gw = &snap.gateway;
     let s = &gw.settings;
     let request_id =
@@ -156,9 +161,7 @@ where
             }
             Err(e)
         }
-        // Boxed: the pipeline's state (policies, the upstream exchange) is most of the
-        // request's, and the futures above it are moved as a request starts.
-        None => Box::pin(pipeline(gw, &mut cx, &peer, &host, req, &mut stats)).await,
+        None => pipeline(gw, &mut cx, &peer, &host, req, &mut stats).await,
     };
     let mut res = match res {
         Ok(r) => r,

@@ -136,12 +136,20 @@ pub async fn forward(
 
     let (mut parts, incoming) = req.into_parts();
     let path = route.rewrite.apply(&cx.path, &cx.params);
-    let query = parts.uri.query();
-    let mut path_and_query = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
-    path_and_query.push_str(&path);
-    if let Some(q) = query {
-        path_and_query.push('?');
-        path_and_query.push_str(q);
+    // When routing's normal form is what the client sent and nothing rewrites it, the
+    // client's own (already parsed) path and query go on as they are.
+    let unchanged = (*path == *parts.uri.path())
+        .then(|| parts.uri.path_and_query().cloned())
+        .flatten();
+    let mut path_and_query = String::new();
+    if unchanged.is_none() {
+        let query = parts.uri.query();
+        path_and_query.reserve(path.len() + query.map_or(0, |q| q.len() + 1));
+        path_and_query.push_str(&path);
+        if let Some(q) = query {
+            path_and_query.push('?');
+            path_and_query.push_str(q);
+        }
     }
 
     // Headers: everything but `Host`, which depends on the target. The host the client asked
@@ -271,7 +279,7 @@ pub async fn forward(
         };
         let mut request = build_request(
             (parts.method.clone(), headers, req_body.take()),
-            &path_and_query,
+            (unchanged.as_ref(), &path_and_query),
             t,
             version,
             keep_host,
@@ -409,17 +417,18 @@ pub async fn forward(
 /// One try's request (method, headers and body of the client's), aimed at target `t`.
 fn build_request(
     (method, mut headers, body): (http::Method, HeaderMap, Body),
-    path_and_query: &str,
+    (unchanged, path_and_query): (Option<&uri::PathAndQuery>, &str),
     t: &TargetRt,
     version: Version,
     keep_host: bool,
     origin_form: bool,
 ) -> Result<Request<Body>, GatewayError> {
     let target = &t.target;
-    let pq: uri::PathAndQuery = if target.base_path.is_empty() {
-        path_and_query.parse()
-    } else {
-        format!("{}{path_and_query}", target.base_path).parse()
+    let pq: uri::PathAndQuery = match unchanged {
+        Some(pq) if target.base_path.is_empty() => Ok(pq.clone()),
+        Some(pq) => format!("{}{pq}", target.base_path).parse(),
+        None if target.base_path.is_empty() => path_and_query.parse(),
+        None => format!("{}{path_and_query}", target.base_path).parse(),
     }
     .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
     // The pooled client picks its connection by the absolute URI and writes origin-form
