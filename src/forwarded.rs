@@ -60,23 +60,49 @@ pub fn strip_hop_by_hop(
 fn hop_by_hop_present(headers: &HeaderMap) -> u16 {
     let mut present = 0u16;
     for k in headers.keys() {
-        // A match on the (lower-case) name: a length switch and at most one compare, where
-        // comparing with each of nine `HeaderName`s cost more than the rest of the scan.
-        let bit = match k.as_str() {
-            "connection" => 0,
-            "keep-alive" => 1,
-            "proxy-connection" => 2,
-            "proxy-authenticate" => 3,
-            "proxy-authorization" => 4,
-            "te" => 5,
-            "trailer" => 6,
-            "transfer-encoding" => 7,
-            "upgrade" => 8,
-            _ => continue,
-        };
-        present |= 1 << bit;
+        if let Some(bit) = hop_bit(k.as_str()) {
+            present |= 1 << bit;
+        }
     }
     present
+}
+
+/// `HOP_BY_HOP`'s index of a lower-case name, 8 for `Upgrade`. A match on the name: a
+/// length switch and at most one compare, where comparing with each of nine `HeaderName`s
+/// cost more than the rest of the scan.
+fn hop_bit(name: &str) -> Option<u16> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
+}
+
+/// Whether a response header is one [`strip_response_hop_by_hop`] removes by name (lower
+/// case), for readers that leave such fields out as they parse (the wire client).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    hop_bit(name).is_some()
+}
+
+/// The header names a `Connection` value lists, without `close` and `keep-alive` (which
+/// name no header to drop).
+pub fn connection_tokens(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+        })
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
 }
 
 fn remove_present(headers: &mut HeaderMap, present: u16) {
@@ -92,21 +118,11 @@ fn remove_present(headers: &mut HeaderMap, present: u16) {
 
 /// Header names listed in every `Connection` header, without `close` and `keep-alive`.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut out = Vec::new();
-    for v in headers.get_all(header::CONNECTION) {
-        for t in v.to_str().unwrap_or("").split(',').map(str::trim) {
-            if t.is_empty()
-                || t.eq_ignore_ascii_case("close")
-                || t.eq_ignore_ascii_case("keep-alive")
-            {
-                continue;
-            }
-            if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
-                out.push(n);
-            }
-        }
-    }
-    out
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| connection_tokens(v.as_bytes()))
+        .collect()
 }
 
 /// Removes hop-by-hop headers from an upstream response.

@@ -161,7 +161,7 @@ where
             }
             Err(e)
         }
-        None => pipeline(gw, &mut cx, &peer, &host, req, &mut stats).await,
+        None => pipeline(gw, &mut cx, &peer, host.as_str(), req, &mut stats).await,
     };
     let mut res = match res {
         Ok(r) => r,
@@ -203,7 +203,7 @@ where
                 request_id: cx.request_id.clone(),
                 client,
                 method: method.clone(),
-                host: host.clone(),
+                host: host.as_str().to_owned(),
                 path: path.clone(),
                 version,
                 route: (cx.route != usize::MAX).then(|| cx.route_name.clone()),
@@ -222,7 +222,7 @@ where
             trace: t,
             request_id: cx.request_id.clone(),
             path: path.clone(),
-            host: host.clone(),
+            host: host.as_str().to_owned(),
             client,
             version,
         })
@@ -254,7 +254,40 @@ fn no_route() -> Arc<str> {
     EMPTY.get_or_init(|| Arc::from("")).clone()
 }
 
-fn host_of<B>(req: &Request<B>) -> String {
+/// The host the client asked for, as routing sees it: lower case, without port, userinfo
+/// or a trailing dot.
+#[derive(Clone)]
+enum Host {
+    /// The usual case, a `Host` header already in that form: a slice of it, no copy.
+    Shared(HeaderValue, usize),
+    Owned(String),
+}
+
+impl Host {
+    fn as_str(&self) -> &str {
+        match self {
+            // Only plain ASCII is ever kept shared (see `host_of`).
+            Host::Shared(v, end) => std::str::from_utf8(&v.as_bytes()[..*end]).unwrap_or(""),
+            Host::Owned(s) => s,
+        }
+    }
+}
+
+fn host_of<B>(req: &Request<B>) -> Host {
+    if req.uri().authority().is_none() {
+        if let Some(v) = req.headers().get(header::HOST) {
+            let b = v.as_bytes();
+            // `name` or `name:port` in lower-case letters, digits, `-` and `.`, not ending
+            // in a dot: nothing to change, so nothing to copy.
+            let end = b.iter().position(|&c| c == b':').unwrap_or(b.len());
+            let plain = b[..end]
+                .iter()
+                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
+            if plain && end > 0 && b[end - 1] != b'.' {
+                return Host::Shared(v.clone(), end);
+            }
+        }
+    }
     let raw = req
         .uri()
         .authority()
@@ -274,7 +307,7 @@ fn host_of<B>(req: &Request<B>) -> String {
     } else {
         no_userinfo.split(':').next().unwrap_or(no_userinfo)
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    Host::Owned(host.trim_end_matches('.').to_ascii_lowercase())
 }
 
 fn head_size<B>(req: &Request<B>) -> u64 {

@@ -296,10 +296,13 @@ pub async fn forward(
         let guard = InFlight::new(t.state.clone(), up.state.clone());
         let result = match pooled {
             Some(settings) => {
-                let send = t
-                    .state
-                    .pool
-                    .send(t.target.authority.as_str(), request, &settings);
+                // Pinned where it lies: `timeout` then holds a pointer, not a second copy
+                // of the exchange's state.
+                let send = std::pin::pin!(t.state.pool.send(
+                    t.target.authority.as_str(),
+                    request,
+                    &settings
+                ));
                 match tokio::time::timeout(limit, send).await {
                     Ok(Ok(res)) => Ok(Ok(res)),
                     // The client's body broke (a bad chunk, a client gone): its fault, not
@@ -466,7 +469,10 @@ fn finish(
     permit: Option<OwnedSemaphorePermit>,
 ) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
-    forwarded::strip_response_hop_by_hop(&mut parts.headers);
+    // The wire client leaves hop-by-hop fields out as it parses.
+    if !body.is_wire() {
+        forwarded::strip_response_hop_by_hop(&mut parts.headers);
+    }
     if let Some((v11, v2)) = &settings.via {
         forwarded::append_via(
             &mut parts.headers,

@@ -260,6 +260,12 @@ impl Pooled {
     pub fn detached(inner: Incoming) -> Pooled {
         Pooled::Detached(inner)
     }
+
+    /// The response came over the gateway's own HTTP/1.1 client ([`wire`]), whose heads
+    /// carry no hop-by-hop fields.
+    pub fn is_wire(&self) -> bool {
+        matches!(self, Pooled::Wire { .. })
+    }
 }
 
 impl HttpBody for Pooled {

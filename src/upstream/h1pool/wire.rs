@@ -642,6 +642,15 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, WireErro
     let n = spans.len();
     let head = buf.split_to(len).freeze();
 
+    // Hop-by-hop fields, and those the upstream's `Connection` lists, are left out here
+    // rather than removed from the map later (`forwarded::strip_response_hop_by_hop`,
+    // which the gateway skips for this client's responses). Framing still reads them.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for &(no, nl, vo, vl) in &spans {
+        if head[no..no + nl].eq_ignore_ascii_case(b"connection") {
+            listed.extend(crate::forwarded::connection_tokens(&head[vo..vo + vl]));
+        }
+    }
     // With room for what the gateway adds on the way back (Via, request id, policies').
     let mut headers = HeaderMap::with_capacity(n + 4);
     let mut length: Option<u64> = None;
@@ -677,6 +686,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, WireErro
                     close = false;
                 }
             }
+        }
+        if crate::forwarded::is_hop_by_hop(name.as_str()) || listed.contains(&name) {
+            continue;
         }
         headers.append(name, value);
     }
@@ -1097,6 +1109,21 @@ mod tests {
             false
         )
         .is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_the_ones_connection_lists_are_left_out() {
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\n\
+             Connection: keep-alive, X-Secret\r\nUpgrade: h2c\r\nTrailer: x\r\n\
+             Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<&str> = h.parts.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "content-length"]);
+        assert!(h.keep, "framing still read the Connection header");
     }
 
     #[test]
