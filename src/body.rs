@@ -115,10 +115,10 @@ where
     }
 }
 
-// The head guard has a lingering close of its own (`server/framing.rs`, 2 s / 1 MiB) for a
-// head it refused before hyper saw it, where the connection is shut anyway; this one is for
-// a request hyper parsed and the gateway answered early, where the connection may live on,
-// so it waits longer for the body to end.
+// The HTTP/1 connection has a lingering close of its own (`server/h1`, 2 s / 1 MiB) for a
+// refused head or a body left unread, where the connection is shut anyway; this one is for
+// a request the gateway answered early while the body may still all arrive, so the
+// connection may live on, and it waits longer for the body to end.
 
 /// How much of a refused HTTP/1 request body [`linger`] reads and throws away, at most.
 pub const LINGER_BYTES: u64 = 16 * 1024 * 1024;

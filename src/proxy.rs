@@ -1,7 +1,7 @@
 //! The request pipeline, in one place and one order:
 //!
 //! ```text
-//! (HTTP/1: the connection's head guard may have refused the head already → 400/431/414)
+//! (HTTP/1: the connection may have refused the head already, server/h1/head.rs → 400/431/414)
 //! request id → head checks (size 431, duplicate credentials/Host, framing 400)
 //!   → normalise path (400) → route (404 / 405)
 //!   → request policies (registry order; may answer early)
@@ -154,7 +154,7 @@ where
     let refused_head = refused.is_some();
     let res = match refused {
         Some((e, line)) => {
-            // The log names what the client sent, not the guard's stand-in.
+            // The log names what the client sent, not the connection's stand-in.
             if let Some((m, p)) = line {
                 method = m;
                 cx.path = p;

@@ -883,7 +883,7 @@ routes:
         ),
     );
     let gw = start(&path, false).await;
-    // Ambiguous framing: refused by the head guard before hyper parses it.
+    // Ambiguous framing: refused by the connection as it parses the head.
     let r = common::raw::raw(
         gw.addr(),
         b"POST /smuggle?api_key=s3cr3t HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",

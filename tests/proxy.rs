@@ -884,9 +884,9 @@ fn assert_refused(c: &Conversation, status: u16, slug: &str, what: &str) {
 }
 
 /// hyper used to resolve these before the gateway saw them (chunked winning over
-/// Content-Length, equal lengths merged, its own bare 400 for different ones). The head guard
-/// in front of hyper refuses every one with the gateway's 400, and nothing reaches the
-/// upstream: not the request, and not what was smuggled after it.
+/// Content-Length, equal lengths merged, its own bare 400 for different ones). The gateway's
+/// own HTTP/1 connection refuses every one with its 400, and nothing reaches the upstream:
+/// not the request, and not what was smuggled after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_is_400_problem_json_and_the_connection_closes() {
     let echo = Upstream::echo().await;

@@ -193,7 +193,7 @@ async fn a_missing_certificate_file_fails_start_naming_the_file() {
     assert!(err.contains("listeners[0].tls.certificates[1]"), "{err}");
 }
 
-/// The HTTP/1 head guard reads the decrypted stream: over TLS too, a good request is served
+/// The HTTP/1 connection reads the decrypted stream: over TLS too, a good request is served
 /// and the ambiguous one pipelined after it gets the gateway's 400, then the close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_over_tls_is_the_gateways_400() {

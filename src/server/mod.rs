@@ -1,10 +1,10 @@
 //! The running server: listeners, connections (TLS, HTTP/1.1, h2c, h2), hot reload and
 //! graceful shutdown.
 //!
-//! - One accept loop per listener; each connection is served by hyper's auto builder (HTTP/1.1
-//!   or HTTP/2 by preface; over TLS, ALPN offers h2 and http/1.1). Proxy connections read
-//!   through the HTTP/1 head guard ([`framing`]), which refuses ambiguous framing before
-//!   hyper parses it.
+//! - One accept loop per listener. Proxy connections speaking HTTP/1.1 (plain, or TLS with
+//!   ALPN http/1.1) are served by the gateway's own connection loop ([`h1`]), which parses
+//!   and checks each head once; HTTP/2 (ALPN h2 or the h2c preface), upgrades and `CONNECT`,
+//!   and the admin listener are served by hyper's auto builder.
 //! - The current config snapshot sits in an `ArcSwap`; every request loads it once.
 //! - Reload (file change, SIGHUP, or [`ServerHandle::reload`]) reads and compiles the file on a
 //!   blocking thread, binds any new listener addresses, then swaps. A bad file or a bind
