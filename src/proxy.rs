@@ -161,7 +161,25 @@ where
             }
             Err(e)
         }
-        None => pipeline(gw, &mut cx, &peer, host.as_str(), req, &mut stats).await,
+        None => {
+            // A client that goes away mid-request drops this future (the connection cancels
+            // the request): the guard still records it, as nginx's 499.
+            let mut abandoned = Abandoned {
+                snap: &snap,
+                started,
+                time,
+                client,
+                method: &method,
+                host: &host,
+                version,
+                request_id: cx.request_id.clone(),
+                uri: req.uri().clone(),
+                armed: true,
+            };
+            let res = pipeline(gw, &mut cx, &peer, host.as_str(), req, &mut stats).await;
+            abandoned.armed = false;
+            res
+        }
     };
     let mut res = match res {
         Ok(r) => r,
@@ -500,6 +518,64 @@ where
     };
     policy::run_response(&route.chain, ran, cx, &mut res).await?;
     Ok(res)
+}
+
+/// Status recorded for a request whose client went away before it was answered (nginx's).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// Records a request dropped before the pipeline produced its answer: metrics under no
+/// route, and an access-log line with status [`CLIENT_CLOSED`] and the path as sent.
+struct Abandoned<'a> {
+    snap: &'a Snapshot,
+    started: Instant,
+    time: SystemTime,
+    client: std::net::IpAddr,
+    method: &'a http::Method,
+    host: &'a Host,
+    version: Version,
+    request_id: HeaderValue,
+    uri: http::Uri,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let duration = self.started.elapsed();
+        self.snap.metrics.route(usize::MAX).record(
+            self.method,
+            Finished {
+                status: CLIENT_CLOSED,
+                duration,
+                upstream: None,
+                bytes_in: 0,
+                bytes_out: 0,
+            },
+        );
+        if let Some(sink) = &self.snap.log {
+            let record = Record {
+                time: self.time,
+                request_id: self.request_id.clone(),
+                client: self.client,
+                method: self.method.clone(),
+                host: self.host.as_str().to_owned(),
+                path: self.uri.path().to_owned(),
+                version: self.version,
+                route: None,
+                target: None,
+                status: CLIENT_CLOSED,
+                bytes_in: 0,
+                bytes_out: 0,
+                duration,
+                upstream: None,
+                trace_id: None,
+            };
+            let s = &self.snap.gateway.settings.access_log;
+            sink.write(record.format(s.format, s.fields.as_deref()));
+        }
+    }
 }
 
 /// What is recorded once the response body is done: metrics always, the access-log line and

@@ -612,6 +612,51 @@ async fn the_header_deadline_moves_with_each_request() {
     }
 }
 
+/// The cancelled request is still recorded: an access-log line with nginx's 499 and the
+/// path as sent, and nothing else for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_by_its_client_is_logged_as_499() {
+    let up = Upstream::serve(|_req: hyper::Request<hyper::body::Incoming>| async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        http::Response::new(full("late"))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.json");
+    let gw = gateway_to(
+        &up,
+        &format!(
+            "access_log: {{ format: json, path: \"{}\", fields: [method, path, status] }}",
+            log.display()
+        ),
+    )
+    .await;
+    let mut c = Wire::connect(gw.addr).await;
+    c.send(get("/gone?q=1")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if !text.is_empty() || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Past the upstream's 2 s: no second line for the same request.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let text = std::fs::read_to_string(&log).unwrap_or(text);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [serde_json::json!({"method": "GET", "path": "/gone", "status": 499})],
+        "{text}"
+    );
+}
+
 // ------------------------------------------------------------------------------- graceful shutdown
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
