@@ -751,6 +751,8 @@ fn compile_route(
         );
         format!("{summary}  [{}]", preds.join(", "))
     };
+    // Conservative: any policy may key on a param.
+    let capture = rewrite.template.is_some() || !chain.is_empty();
     Some((
         Route {
             name,
@@ -773,6 +775,7 @@ fn compile_route(
                 headers,
                 query,
             },
+            capture,
         },
     ))
 }

@@ -22,6 +22,7 @@ pub mod normalize;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
+pub mod raw_head;
 pub mod router;
 pub mod server;
 pub mod state;

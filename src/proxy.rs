@@ -54,6 +54,9 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The client certificate verified in the TLS handshake, parsed once per connection.
     pub client_cert: Option<Arc<crate::auth::mtls::ClientCert>>,
+    /// Served by the gateway's own HTTP/1 server, which writes an upstream's fields as
+    /// they came when nothing reads them ([`crate::raw_head`]).
+    pub raw_head: bool,
 }
 
 // Credentials that must appear at most once (with two, the gateway might check one and
@@ -149,6 +152,7 @@ where
         xff: conn.peer_value.clone(),
         trusted: peer_trusted,
         tls: conn.tls,
+        raw_head: conn.raw_head,
     };
     let mut stats = None;
     let refused_head = refused.is_some();

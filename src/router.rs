@@ -52,6 +52,9 @@ pub struct RouteSpec {
     pub hosts: Vec<String>,
     pub path: String,
     pub predicates: Predicates,
+    /// Whether anything reads the captured params (a rewrite template, a policy key);
+    /// when nothing does, a match copies none of them.
+    pub capture: bool,
 }
 
 /// Captured path params of a match, in template order.
@@ -89,6 +92,7 @@ pub enum RouterError {
 struct Candidate {
     route: usize,
     names: Arc<[Box<str>]>,
+    capture: bool,
     /// Matched through the implicit `/prefix` entry of a `/prefix/{*rest}` template.
     implicit: bool,
     predicates: Predicates,
@@ -326,6 +330,7 @@ impl Router {
                     let cand = Candidate {
                         route: spec.route,
                         names: names.clone(),
+                        capture: spec.capture,
                         implicit,
                         predicates: spec.predicates.clone(),
                         order,
@@ -440,8 +445,13 @@ impl HostTable {
                 allow.extend(m.iter().map(Method::as_str));
                 continue;
             }
-            let mut values: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
-            values.resize(cand.names.len(), String::new());
+            let values = if cand.capture {
+                let mut values: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
+                values.resize(cand.names.len(), String::new());
+                values
+            } else {
+                Vec::new()
+            };
             return Some(Match::Found {
                 route: cand.route,
                 params: Params {
@@ -502,6 +512,7 @@ mod tests {
                 methods: methods.iter().map(|m| m.parse().unwrap()).collect(),
                 ..Default::default()
             },
+            capture: true,
         }
     }
 

@@ -888,3 +888,145 @@ async fn a_client_that_goes_away_cancels_its_request() {
         "the upstream exchange ran to its end after the client left"
     );
 }
+
+// ------------------------------------------------------------------------------- raw fields
+
+/// An upstream that answers every request with `response`, byte for byte.
+async fn fixed_upstream(response: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..i + 4);
+                        let _ = s.write_all(response).await;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+fn gateway_yaml(up: SocketAddr, route_extra: &str) -> String {
+    format!(
+        r#"
+        upstreams:
+          up: {{ targets: [ {{ url: "http://{up}" }} ] }}
+        routes:
+          - match: {{}}
+            upstream: up
+            {route_extra}
+        "#
+    )
+}
+
+const UPSTREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: up\r\nX-Mixed: Case Kept\r\n\
+    Set-Cookie: a=1\r\nKeep-Alive: timeout=5\r\nSet-Cookie: b=2\r\nConnection: keep-alive\r\n\
+    Content-Length: 5\r\n\r\nhello";
+
+/// On a route with no policies an upstream's fields reach an HTTP/1 client as the upstream
+/// wrote them (`raw_head`): case kept, repeated fields in order, hop-by-hop fields and the
+/// upstream's framing left out, the gateway's own fields (Via, request id, Date, length)
+/// once each; and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstreams_fields_pass_as_written_and_hop_by_hop_ones_do_not() {
+    let (up, task) = fixed_upstream(UPSTREAM_HEAD).await;
+    let gw = Gateway::start(gateway_yaml(up, "")).await;
+    let mut c = Wire::connect(gw.addr).await;
+    for _ in 0..2 {
+        c.send(get("/")).await;
+        let r = c.response("GET").await;
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert!(r.head.contains("\r\nX-Mixed: Case Kept\r\n"), "{}", r.head);
+        assert_eq!(r.all("set-cookie"), ["a=1", "b=2"], "{}", r.head);
+        assert_eq!(r.all("server"), ["up"]);
+        assert!(r.all("keep-alive").is_empty(), "{}", r.head);
+        assert!(r.all("connection").is_empty(), "{}", r.head);
+        assert_eq!(r.all("content-length"), ["5"], "{}", r.head);
+        assert_eq!(r.all("date").len(), 1, "{}", r.head);
+        assert_eq!(r.all("via"), ["1.1 portcullis"], "{}", r.head);
+        assert_eq!(r.all("x-request-id").len(), 1, "{}", r.head);
+        assert_eq!(r.body, b"hello");
+    }
+
+    // HEAD keeps the upstream's length and sends no body; the connection goes on.
+    let (up_head, task_head) =
+        fixed_upstream(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 7\r\n\r\n").await;
+    let gw_head = Gateway::start(gateway_yaml(up_head, "")).await;
+    let mut c = Wire::connect(gw_head.addr).await;
+    c.send("HEAD / HTTP/1.1\r\nHost: h1.test\r\n\r\n").await;
+    let r = c.response("HEAD").await;
+    assert_eq!(r.all("content-length"), ["7"], "{}", r.head);
+    assert_eq!(r.all("x-a"), ["1"]);
+    assert!(r.body.is_empty());
+    c.send("HEAD / HTTP/1.1\r\nHost: h1.test\r\n\r\n").await;
+    assert_eq!(c.response("HEAD").await.status, 200);
+    task.abort();
+    task_head.abort();
+}
+
+/// Where the raw form could say something else than the map would, the map is used: the
+/// upstream's own Via and request id, and fields its `Connection` names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_the_gateway_sets_or_drops_are_not_passed_raw() {
+    let (up, task) = fixed_upstream(
+        b"HTTP/1.1 200 OK\r\nVia: 1.0 inner\r\nX-Request-Id: from-upstream\r\n\
+          X-Secret: s\r\nConnection: keep-alive, X-Secret\r\nX-Kept: k\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let gw = Gateway::start(gateway_yaml(up, "")).await;
+    let mut c = Wire::connect(gw.addr).await;
+    c.send(get("/")).await;
+    let r = c.response("GET").await;
+    assert_eq!(r.all("via"), ["1.0 inner, 1.1 portcullis"], "{}", r.head);
+    let ids = r.all("x-request-id");
+    assert_eq!(ids.len(), 1, "{}", r.head);
+    assert_ne!(ids[0], "from-upstream");
+    assert!(r.all("x-secret").is_empty(), "{}", r.head);
+    assert_eq!(r.all("x-kept"), ["k"]);
+    assert_eq!(r.body, b"ok");
+    task.abort();
+}
+
+/// HTTP/2 clients (served by hyper) and routes with policies get every field through the
+/// map, the same fields as the raw path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_clients_and_routes_with_policies_get_the_same_fields() {
+    let (up, task) = fixed_upstream(UPSTREAM_HEAD).await;
+    let gw = Gateway::start(gateway_yaml(up, "")).await;
+    let res = h2c_client().get(gw.url("/")).send().await.unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    let h = res.headers();
+    assert_eq!(h["x-mixed"], "Case Kept");
+    let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert!(h.get("keep-alive").is_none());
+    assert_eq!(h["via"], "1.1 portcullis");
+    assert_eq!(res.text().await.unwrap(), "hello");
+
+    let gw = Gateway::start(gateway_yaml(
+        up,
+        "deprecation: { since: 2026-01-01, sunset: 2099-12-31 }",
+    ))
+    .await;
+    let mut c = Wire::connect(gw.addr).await;
+    c.send(get("/")).await;
+    let r = c.response("GET").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.all("x-mixed"), ["Case Kept"]);
+    assert_eq!(r.all("set-cookie"), ["a=1", "b=2"]);
+    assert!(r.all("keep-alive").is_empty(), "{}", r.head);
+    assert_eq!(r.all("content-length"), ["5"], "{}", r.head);
+    assert_eq!(r.all("deprecation").len(), 1, "{}", r.head);
+    assert_eq!(r.body, b"hello");
+    task.abort();
+}

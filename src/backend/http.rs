@@ -53,6 +53,9 @@ pub struct Peer {
     pub xff: HeaderValue,
     pub trusted: bool,
     pub tls: bool,
+    /// The client is on the gateway's own HTTP/1 server, which can write an upstream's
+    /// fields as they came ([`crate::raw_head`]).
+    pub raw_head: bool,
 }
 
 /// A breaker admission: a half-open probe that ends without an outcome gives its slot back.
@@ -294,14 +297,18 @@ pub async fn forward(
         let remaining = deadline.saturating_duration_since(Instant::now());
         let limit = try_limit(per_try, remaining);
         let guard = InFlight::new(t.state.clone(), up.state.clone());
+        let rid = &settings.request_id_header;
         let result = match pooled {
             Some(settings) => {
                 // Pinned where it lies: `timeout` then holds a pointer, not a second copy
                 // of the exchange's state.
+                // Raw fields only where nothing reads the response's fields: no policies.
+                let raw = (peer.raw_head && route.chain.is_empty()).then_some(rid);
                 let send = std::pin::pin!(t.state.pool.send(
                     t.target.authority.as_str(),
                     request,
-                    &settings
+                    &settings,
+                    raw
                 ));
                 match tokio::time::timeout(limit, send).await {
                     Ok(Ok(res)) => Ok(Ok(res)),

@@ -528,6 +528,7 @@ async fn serve_connection(
         peer_value: crate::forwarded::peer_value(peer.ip()),
         tls,
         client_cert,
+        raw_head: false,
     };
     match (tls, kind) {
         (None, Kind::Admin) => {
@@ -585,7 +586,11 @@ where
         header_timeout: HEADER_TIMEOUT,
     };
     let h = handle.clone();
-    let c = conn.clone();
+    // Only this server's responses may carry raw fields; what is handed to hyper may not.
+    let c = ConnInfo {
+        raw_head: true,
+        ..conn.clone()
+    };
     let ended = h1::serve(io, cfg, stop, move |call| {
         let snap = h.snapshot();
         // The pipeline's future is returned as it is (no wrapping `async` block, which

@@ -27,7 +27,7 @@ pub mod wire;
 
 use crate::body::{Body, BoxError};
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
@@ -134,10 +134,14 @@ impl Pool {
         authority: &str,
         req: Request<Body>,
         s: &Settings,
+        raw: Option<&HeaderName>,
     ) -> Result<Response<Pooled>, SendError> {
         let (parts, body) = req.into_parts();
         let mut out = Outgoing::new(&parts, body);
         drop(parts);
+        if let Some(rid) = raw {
+            out.keep_raw(rid);
+        }
         if let Some(e) = out.failure() {
             return Err(SendError::Request(e));
         }
@@ -363,7 +367,7 @@ mod tests {
     }
 
     async fn fetch(pool: &Arc<Pool>, addr: &str, s: &Settings) -> Bytes {
-        let res = pool.send(addr, get(addr), s).await.unwrap();
+        let res = pool.send(addr, get(addr), s, None).await.unwrap();
         res.into_body().collect().await.unwrap().to_bytes()
     }
 
@@ -413,7 +417,7 @@ mod tests {
         let (addr, conns) = server(false).await;
         let pool = Arc::new(Pool::default());
         let s = settings(Duration::from_secs(30));
-        let res = pool.send(&addr, get(&addr), &s).await.unwrap();
+        let res = pool.send(&addr, get(&addr), &s, None).await.unwrap();
         drop(res);
         assert_eq!(pool.idle_count(), 0);
         fetch(&pool, &addr, &s).await;
@@ -431,7 +435,7 @@ mod tests {
         // Four at once need four connections; only two stay.
         let mut held = Vec::new();
         for _ in 0..4 {
-            held.push(pool.send(&addr, get(&addr), &s).await.unwrap());
+            held.push(pool.send(&addr, get(&addr), &s, None).await.unwrap());
         }
         for res in held {
             res.into_body().collect().await.unwrap();
@@ -447,7 +451,7 @@ mod tests {
         };
         let pool = Arc::new(Pool::default());
         let e = pool
-            .send(&addr, get(&addr), &settings(Duration::from_secs(30)))
+            .send(&addr, get(&addr), &settings(Duration::from_secs(30)), None)
             .await
             .unwrap_err();
         assert!(e.is_connect(), "{e}");
@@ -493,7 +497,7 @@ mod tests {
 
     async fn body_of(pool: &Arc<Pool>, addr: &str, req: Request<Body>) -> (u16, Bytes) {
         let res = pool
-            .send(addr, req, &settings(Duration::from_secs(30)))
+            .send(addr, req, &settings(Duration::from_secs(30)), None)
             .await
             .unwrap();
         let status = res.status().as_u16();
@@ -557,7 +561,7 @@ mod tests {
         let mut head = get(&addr);
         *head.method_mut() = http::Method::HEAD;
         let res = pool
-            .send(&addr, head, &settings(Duration::from_secs(30)))
+            .send(&addr, head, &settings(Duration::from_secs(30)), None)
             .await
             .unwrap();
         assert_eq!(res.headers()["content-length"], "5");
@@ -588,7 +592,7 @@ mod tests {
             let (addr, _) = raw_server(answer).await;
             let pool = Arc::new(Pool::default());
             let e = pool
-                .send(&addr, get(&addr), &settings(Duration::from_secs(30)))
+                .send(&addr, get(&addr), &settings(Duration::from_secs(30)), None)
                 .await
                 .unwrap_err();
             assert!(
@@ -705,7 +709,7 @@ mod tests {
             .header(http::header::CONTENT_LENGTH, "1")
             .body(crate::body::full("x"))
             .unwrap();
-        let e = pool.send(&addr, post, &s).await.unwrap_err();
+        let e = pool.send(&addr, post, &s, None).await.unwrap_err();
         assert!(
             matches!(e, SendError::Request(WireError::NoResponse)),
             "{e}"

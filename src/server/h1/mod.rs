@@ -38,6 +38,7 @@ pub use body::{BodyError, RequestBody};
 pub use head::Reject;
 
 use crate::body::Body;
+use crate::raw_head::RawFields;
 use bytes::{Buf, Bytes, BytesMut};
 use head::{BodyKind, Head, Parsed, H2_PREFACE};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -364,7 +365,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // The connection writes `Content-Length` itself, once: from the response's own
         // value(s) when they agree (a list of equal values is one length), else from the
         // body when its size is known.
-        let declared = declared_length(&parts.headers);
+        let raw = parts.extensions.get::<RawFields>();
+        let declared = match raw {
+            Some(r) => r.length,
+            None => declared_length(&parts.headers),
+        };
         let mut length = None;
         let mut out = if no_body {
             // HEAD and 304 keep the length of what a GET would get; a 204 has none.
@@ -388,7 +393,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
         self.wbuf.clear();
-        encode_head(&mut self.wbuf, &parts, out, length, close, version);
+        encode_head(&mut self.wbuf, &parts, raw, out, length, close, version);
         drop(parts);
 
         let mut body = if no_body { None } else { Some(body) };
@@ -535,6 +540,7 @@ enum Out {
 fn encode_head(
     w: &mut Vec<u8>,
     parts: &http::response::Parts,
+    raw: Option<&RawFields>,
     out: Out,
     length: Option<u64>,
     close: bool,
@@ -546,7 +552,12 @@ fn encode_head(
     w.push(b' ');
     w.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     w.extend_from_slice(b"\r\n");
+    // An upstream's own fields as it wrote them, then what the gateway added.
     let mut date = false;
+    if let Some(r) = raw {
+        r.write_to(w);
+        date = r.date;
+    }
     for (name, value) in &parts.headers {
         // Framing and connection management are this connection's to say.
         if name == header::CONNECTION

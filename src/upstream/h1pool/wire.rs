@@ -26,6 +26,7 @@
 //!   no `Connection: close` and nothing left over.
 
 use crate::body::{Body, BoxError};
+use crate::raw_head::RawFields;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -186,6 +187,9 @@ pub struct Outgoing {
     counted: u64,
     chunked: bool,
     head: bool,
+    /// The response's end-to-end fields may stay raw ([`crate::raw_head`]); the request-id
+    /// field's name, which the gateway sets on the response itself.
+    raw: Option<HeaderName>,
     /// The body failed while being read ahead (the size limit tripped, the client went).
     failed: Option<BoxError>,
 }
@@ -221,6 +225,7 @@ impl Outgoing {
             body: has_body.then_some(body),
             chunked,
             head: parts.method == Method::HEAD,
+            raw: None,
             failed: None,
             pending: None,
             resendable: false,
@@ -292,6 +297,11 @@ impl Outgoing {
     /// The error of a body that failed while being read ahead: the request cannot be sent.
     pub fn failure(&mut self) -> Option<WireError> {
         self.failed.take().map(WireError::RequestBody)
+    }
+
+    /// Lets the response's end-to-end fields stay raw ([`crate::raw_head`]).
+    pub fn keep_raw(&mut self, request_id: &HeaderName) {
+        self.raw = Some(request_id.clone());
     }
 
     /// Whether the whole request is in hand, so it can go out again on another connection.
@@ -411,7 +421,7 @@ pub async fn exchange(
             }
         }
     }
-    let head = match read_head(&mut conn, out.head).await {
+    let head = match read_head(&mut conn, out.head, out.raw.as_ref()).await {
         Ok(head) => head,
         Err(e) => return Err(broken.map_or(e, WireError::Io)),
     };
@@ -548,13 +558,17 @@ async fn write_data<W: AsyncWrite + Unpin>(
 }
 
 /// Reads until a final (non-1xx) response head is complete.
-async fn read_head(conn: &mut Conn, head_request: bool) -> Result<Head, WireError> {
+async fn read_head(
+    conn: &mut Conn,
+    head_request: bool,
+    raw: Option<&HeaderName>,
+) -> Result<Head, WireError> {
     // Whether anything came back at all (an interim answer consumed counts): only with
     // nothing may the request be taken as unseen.
     let mut any = !conn.buf.is_empty();
     loop {
         if !conn.buf.is_empty() {
-            match parse_head(&mut conn.buf, head_request)? {
+            match parse_head(&mut conn.buf, head_request, raw)? {
                 Parsed::Final(head) => return Ok(head),
                 // What follows an interim answer may be complete already.
                 Parsed::Interim => continue,
@@ -588,7 +602,13 @@ enum Parsed {
 }
 
 /// Parses one head off the front of `buf`.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, WireError> {
+/// `raw`: the request-id field's name when the end-to-end fields may stay raw
+/// ([`crate::raw_head`]).
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    raw: Option<&HeaderName>,
+) -> Result<Parsed, WireError> {
     // Uninitialised slots: zeroing a hundred of them per response cost more than parsing.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
@@ -642,66 +662,110 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, WireErro
     let n = spans.len();
     let head = buf.split_to(len).freeze();
 
-    // Hop-by-hop fields, and those the upstream's `Connection` lists, are left out here
-    // rather than removed from the map later (`forwarded::strip_response_hop_by_hop`,
-    // which the gateway skips for this client's responses). Framing still reads them.
-    let mut listed: Vec<HeaderName> = Vec::new();
-    for &(no, nl, vo, vl) in &spans {
-        if head[no..no + nl].eq_ignore_ascii_case(b"connection") {
-            listed.extend(crate::forwarded::connection_tokens(&head[vo..vo + vl]));
-        }
-    }
-    // With room for what the gateway adds on the way back (Via, request id, policies').
-    let mut headers = HeaderMap::with_capacity(n + 4);
+    // One pass over the raw fields for framing, and for the runs the client can be sent as
+    // they are (`raw_head`) when that was asked for and nothing stands in its way.
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut has_te = false;
     let mut close = version == Version::HTTP_10;
+    let mut listed_any = false;
+    let mut runs = raw.map(|_| RawFields::new(head.clone()));
     for &(no, nl, vo, vl) in &spans {
-        let name = HeaderName::from_bytes(&head[no..no + nl])
-            .map_err(|_| WireError::Malformed("invalid header field name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vo..vo + vl))
-            .map_err(|_| WireError::Malformed("invalid header field value"))?;
-        if name == header::CONTENT_LENGTH {
-            let v = parse_length(value.as_bytes())
-                .ok_or(WireError::Malformed("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != v) {
-                return Err(WireError::Malformed("differing Content-Length values"));
+        let name = &head[no..no + nl];
+        let value = &head[vo..vo + vl];
+        let kind = field_kind(name);
+        match kind {
+            Field::ContentLength => {
+                let v =
+                    parse_length(value).ok_or(WireError::Malformed("invalid Content-Length"))?;
+                if length.is_some_and(|l| l != v) {
+                    return Err(WireError::Malformed("differing Content-Length values"));
+                }
+                length = Some(v);
             }
-            length = Some(v);
-        } else if name == header::TRANSFER_ENCODING {
-            has_te = true;
-            // Only the last coding counts: chunked must be last to frame the body.
-            chunked = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    close = false;
+            Field::TransferEncoding => {
+                has_te = true;
+                // Only the last coding counts: chunked must be last to frame the body.
+                chunked = value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            Field::Connection => {
+                for token in value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        if version == Version::HTTP_10 {
+                            close = false;
+                        }
+                    } else if !token.is_empty() {
+                        listed_any = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        let Some(r) = runs.as_mut() else { continue };
+        let keep = match kind {
+            Field::Other => true,
+            Field::Date => {
+                r.date = true;
+                true
+            }
+            Field::Via => false,
+            _ => continue, // framing and hop-by-hop: never in the runs
+        };
+        let end = vo + vl;
+        let crlf = head.get(end..end + 2) == Some(b"\r\n".as_slice());
+        let own = raw.is_some_and(|rid| name.eq_ignore_ascii_case(rid.as_str().as_bytes()));
+        if !keep || own || listed_any || vl == 0 || !crlf || !r.push(no, end + 2) {
+            runs = None;
+        }
+    }
+    if listed_any {
+        runs = None;
+    }
+
+    let headers = if runs.is_some() {
+        HeaderMap::new()
+    } else {
+        // Hop-by-hop fields, and those the upstream's `Connection` lists, are left out here
+        // rather than removed from the map later (`forwarded::strip_response_hop_by_hop`,
+        // which the gateway skips for this client's responses).
+        let mut listed: Vec<HeaderName> = Vec::new();
+        if listed_any {
+            for &(no, nl, vo, vl) in &spans {
+                if field_kind(&head[no..no + nl]) == Field::Connection {
+                    listed.extend(crate::forwarded::connection_tokens(&head[vo..vo + vl]));
                 }
             }
         }
-        if crate::forwarded::is_hop_by_hop(name.as_str()) || listed.contains(&name) {
-            continue;
+        // With room for what the gateway adds on the way back (Via, request id, policies').
+        let mut headers = HeaderMap::with_capacity(n + 4);
+        for &(no, nl, vo, vl) in &spans {
+            let name = HeaderName::from_bytes(&head[no..no + nl])
+                .map_err(|_| WireError::Malformed("invalid header field name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vo..vo + vl))
+                .map_err(|_| WireError::Malformed("invalid header field value"))?;
+            if crate::forwarded::is_hop_by_hop(name.as_str()) || listed.contains(&name) {
+                continue;
+            }
+            headers.append(name, value);
         }
-        headers.append(name, value);
-    }
+        if has_te && length.is_some() {
+            // The length is not what frames this body (RFC 9112 6.3): it must not reach
+            // the client, whose framing it would then decide.
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        headers
+    };
 
     if has_te && version == Version::HTTP_10 {
         return Err(WireError::Malformed(
             "Transfer-Encoding in an HTTP/1.0 response",
         ));
-    }
-    if has_te && length.is_some() {
-        // The length is not what frames this body (RFC 9112 6.3): it must not reach the
-        // client, whose framing it would then decide.
-        headers.remove(header::CONTENT_LENGTH);
     }
     let no_body =
         head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
@@ -728,12 +792,49 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, WireErro
     *res.status_mut() = status;
     *res.version_mut() = version;
     *res.headers_mut() = headers;
+    if let Some(mut r) = runs {
+        // A length beside Transfer-Encoding frames nothing (see above).
+        r.length = length.filter(|_| !has_te);
+        res.extensions_mut().insert(r);
+    }
     let (parts, ()) = res.into_parts();
     Ok(Parsed::Final(Head {
         parts,
         framing,
         keep,
     }))
+}
+
+/// What a response field name means to the wire client, whatever its case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// The other hop-by-hop names (`forwarded::is_hop_by_hop`).
+    HopByHop,
+    Date,
+    Via,
+    Other,
+}
+
+fn field_kind(name: &[u8]) -> Field {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    // A length switch and at most two compares.
+    match name.len() {
+        2 if is("te") => Field::HopByHop,
+        3 if is("via") => Field::Via,
+        4 if is("date") => Field::Date,
+        7 if is("trailer") || is("upgrade") => Field::HopByHop,
+        10 if is("connection") => Field::Connection,
+        10 if is("keep-alive") => Field::HopByHop,
+        14 if is("content-length") => Field::ContentLength,
+        16 if is("proxy-connection") => Field::HopByHop,
+        17 if is("transfer-encoding") => Field::TransferEncoding,
+        18 if is("proxy-authenticate") => Field::HopByHop,
+        19 if is("proxy-authorization") => Field::HopByHop,
+        _ => Field::Other,
+    }
 }
 
 /// How the rest of a response body is delimited.
@@ -953,7 +1054,7 @@ mod tests {
 
     fn parse(s: &str, head_request: bool) -> Result<Option<Head>, WireError> {
         let mut b = BytesMut::from(s);
-        parse_head(&mut b, head_request).map(|p| match p {
+        parse_head(&mut b, head_request, None).map(|p| match p {
             Parsed::Final(h) => Some(h),
             Parsed::Interim | Parsed::Partial => None,
         })
@@ -1067,8 +1168,11 @@ mod tests {
         assert!(matches!(h.framing, Framing::Length(5)));
 
         let mut b = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n");
-        assert!(matches!(parse_head(&mut b, false), Ok(Parsed::Interim)));
-        let Ok(Parsed::Final(h)) = parse_head(&mut b, false) else {
+        assert!(matches!(
+            parse_head(&mut b, false, None),
+            Ok(Parsed::Interim)
+        ));
+        let Ok(Parsed::Final(h)) = parse_head(&mut b, false, None) else {
             panic!("a final head after the interim one")
         };
         assert_eq!(h.parts.status, 204);
@@ -1124,6 +1228,127 @@ mod tests {
         let names: Vec<&str> = h.parts.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-type", "content-length"]);
         assert!(h.keep, "framing still read the Connection header");
+    }
+
+    fn parse_raw(s: &str) -> Head {
+        let mut b = BytesMut::from(s);
+        let rid = HeaderName::from_static("x-request-id");
+        match parse_head(&mut b, false, Some(&rid)).unwrap() {
+            Parsed::Final(h) => h,
+            _ => panic!("not a final head"),
+        }
+    }
+
+    fn raw_of(h: &Head) -> Option<String> {
+        h.parts
+            .extensions
+            .get::<RawFields>()
+            .map(|r| String::from_utf8(r.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn end_to_end_fields_stay_raw_without_framing_or_hop_by_hop() {
+        let h = parse_raw(
+            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Mon, 07 Dec 2026 10:00:00 GMT\r\n\
+             Content-Length: 5\r\nKeep-Alive: timeout=5\r\nX-Case: Kept As Sent\r\n\
+             Connection: keep-alive\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\nhello",
+        );
+        assert_eq!(
+            raw_of(&h).as_deref(),
+            Some(
+                "Server: up\r\nDate: Mon, 07 Dec 2026 10:00:00 GMT\r\nX-Case: Kept As Sent\r\n\
+                 Set-Cookie: a=1\r\nset-cookie: b=2\r\n"
+            )
+        );
+        let r = h.parts.extensions.get::<RawFields>().unwrap();
+        assert!(r.date);
+        assert_eq!(r.length, Some(5));
+        assert!(
+            h.parts.headers.is_empty(),
+            "nothing in the map: {:?}",
+            h.parts.headers
+        );
+        assert!(matches!(h.framing, Framing::Length(5)) && h.keep);
+
+        // A length beside chunked frames nothing, raw or not.
+        let h = parse_raw(
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        );
+        let r = h.parts.extensions.get::<RawFields>().unwrap();
+        assert_eq!((r.length, r.date), (None, false));
+        assert_eq!(raw_of(&h).as_deref(), Some("X-A: 1\r\n"));
+        assert!(matches!(h.framing, Framing::Chunked(_)));
+    }
+
+    #[test]
+    fn fields_that_could_read_differently_raw_keep_the_map() {
+        for (why, head) in [
+            (
+                "the gateway sets Via",
+                "HTTP/1.1 200 OK\r\nVia: 1.1 other\r\nX-A: 1\r\n\r\n",
+            ),
+            (
+                "the gateway sets the request id",
+                "HTTP/1.1 200 OK\r\nX-Request-Id: up\r\n\r\n",
+            ),
+            (
+                "Connection names a field to drop",
+                "HTTP/1.1 200 OK\r\nX-Secret: s\r\nConnection: X-Secret\r\nX-A: 1\r\n\r\n",
+            ),
+            ("a bare LF", "HTTP/1.1 200 OK\r\nX-A: 1\nX-B: 2\r\n\r\n"),
+            (
+                "an empty value",
+                "HTTP/1.1 200 OK\r\nX-A:\r\nX-B: 2\r\n\r\n",
+            ),
+            (
+                "more runs than fit",
+                "HTTP/1.1 200 OK\r\nA: 1\r\nTE: x\r\nB: 1\r\nTE: x\r\nC: 1\r\nTE: x\r\nD: 1\r\n\
+                 TE: x\r\nE: 1\r\nTE: x\r\nF: 1\r\nTE: x\r\nG: 1\r\n\r\n",
+            ),
+        ] {
+            let h = parse_raw(head);
+            assert!(raw_of(&h).is_none(), "{why}: raw anyway");
+            assert!(!h.parts.headers.is_empty(), "{why}: fields lost");
+            assert!(!h.parts.headers.contains_key("connection"), "{why}");
+            assert!(!h.parts.headers.contains_key("x-secret"), "{why}");
+        }
+        // Without the wish, never raw.
+        let h = parse("HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(raw_of(&h).is_none());
+        assert_eq!(h.parts.headers["x-a"], "1");
+    }
+
+    #[test]
+    fn field_kinds_agree_with_the_hop_by_hop_list() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(crate::forwarded::is_hop_by_hop(name));
+            let upper = name.to_ascii_uppercase();
+            assert!(
+                !matches!(
+                    field_kind(upper.as_bytes()),
+                    Field::Other | Field::Date | Field::Via
+                ),
+                "{name}"
+            );
+        }
+        for name in ["content-type", "server", "x-te", "vias"] {
+            assert_eq!(field_kind(name.as_bytes()), Field::Other, "{name}");
+        }
+        assert_eq!(field_kind(b"Content-Length"), Field::ContentLength);
+        assert_eq!(field_kind(b"DATE"), Field::Date);
+        assert_eq!(field_kind(b"Via"), Field::Via);
     }
 
     #[test]
