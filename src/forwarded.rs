@@ -180,48 +180,169 @@ pub fn peer_value(peer: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&canonical(peer).to_string()).expect("an IP address is a header value")
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host` for the upstream request. `peer` is
+/// What one of the gateway's own request fields becomes.
+#[derive(Debug, Clone)]
+pub enum Set {
+    /// The client's value (if any) goes on.
+    Keep,
+    /// This value, in place of any the client sent.
+    Put(HeaderValue),
+    /// None, whatever the client sent.
+    Drop,
+}
+
+static VIA: HeaderName = header::VIA;
+static HOST: HeaderName = header::HOST;
+
+/// The fields the gateway sets on a request going upstream (`X-Forwarded-For/-Proto/-Host`,
+/// `Via`, the request id, `Host`), each replacing whatever the client sent under its name.
+/// Worked out once per request from the client's fields, then either put into the map
+/// ([`Own::apply`], for hyper's client) or written after the client's fields by the wire
+/// client, which leaves the client's fields of these names out
+/// ([`crate::upstream::h1pool`]): no map insert per field on that path.
+#[derive(Debug, Clone)]
+pub struct Own<'a> {
+    fields: [(&'a HeaderName, Set); 6],
+}
+
+impl<'a> Own<'a> {
+    /// `peer` is [`peer_value`] of the connection's peer; `via` this gateway's `Via` entry
+    /// (`None`: Via is off). `Host` starts as [`Set::Keep`] (see [`Own::set_host`]).
+    pub fn new(
+        headers: &HeaderMap,
+        peer: &HeaderValue,
+        peer_trusted: bool,
+        tls: bool,
+        original_host: Option<&HeaderValue>,
+        via: Option<&HeaderValue>,
+        request_id: (&'a HeaderName, HeaderValue),
+    ) -> Own<'a> {
+        let prior = if peer_trusted {
+            let prior: Vec<&str> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (!prior.is_empty()).then(|| prior.join(", "))
+        } else {
+            None
+        };
+        let xff = match prior {
+            None => Set::Put(peer.clone()),
+            Some(p) => HeaderValue::from_str(&format!("{p}, {}", peer.to_str().unwrap_or("")))
+                .map_or(Set::Keep, Set::Put),
+        };
+        let xfp = if peer_trusted && headers.contains_key(&X_FORWARDED_PROTO) {
+            Set::Keep
+        } else {
+            Set::Put(HeaderValue::from_static(if tls { "https" } else { "http" }))
+        };
+        let xfh = if peer_trusted && headers.contains_key(&X_FORWARDED_HOST) {
+            Set::Keep
+        } else {
+            original_host.map_or(Set::Drop, |h| Set::Put(h.clone()))
+        };
+        let via = match via {
+            None => Set::Keep,
+            Some(ours) => match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+                Some(prev) if !prev.is_empty() => {
+                    HeaderValue::from_str(&format!("{prev}, {}", ours.to_str().unwrap_or("")))
+                        .map_or(Set::Keep, Set::Put)
+                }
+                _ => Set::Put(ours.clone()),
+            },
+        };
+        Own {
+            fields: [
+                (&X_FORWARDED_FOR, xff),
+                (&X_FORWARDED_PROTO, xfp),
+                (&X_FORWARDED_HOST, xfh),
+                (&VIA, via),
+                (request_id.0, Set::Put(request_id.1)),
+                (&HOST, Set::Keep),
+            ],
+        }
+    }
+
+    /// Sets nothing: the client's fields go as they are (unit tests of the clients).
+    #[cfg(test)]
+    pub fn keep_all() -> Own<'static> {
+        static RID: HeaderName = HeaderName::from_static("x-request-id");
+        Own {
+            fields: [
+                (&X_FORWARDED_FOR, Set::Keep),
+                (&X_FORWARDED_PROTO, Set::Keep),
+                (&X_FORWARDED_HOST, Set::Keep),
+                (&VIA, Set::Keep),
+                (&RID, Set::Keep),
+                (&HOST, Set::Keep),
+            ],
+        }
+    }
+
+    /// The `Host` the upstream gets (it depends on the target, so it is set per try).
+    pub fn set_host(&mut self, host: Set) {
+        self.fields[5].1 = host;
+    }
+
+    /// Puts the fields into `headers`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, set) in &self.fields {
+            match set {
+                Set::Keep => {}
+                Set::Put(v) => {
+                    headers.insert(*name, v.clone());
+                }
+                Set::Drop => {
+                    headers.remove(*name);
+                }
+            }
+        }
+    }
+
+    /// Whether a client field of this name gives way to the gateway's.
+    pub fn replaces(&self, name: &HeaderName) -> bool {
+        self.fields
+            .iter()
+            .any(|(n, set)| !matches!(set, Set::Keep) && *n == name)
+    }
+
+    /// Appends the fields the gateway puts as request head lines.
+    pub fn write_to(&self, w: &mut Vec<u8>) {
+        for (name, set) in &self.fields {
+            if let Set::Put(v) = set {
+                w.extend_from_slice(name.as_str().as_bytes());
+                w.extend_from_slice(b": ");
+                w.extend_from_slice(v.as_bytes());
+                w.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` for the upstream request in the map. `peer` is
 /// [`peer_value`] of the connection's peer.
-pub fn set_forwarded(
+#[cfg(test)]
+fn set_forwarded(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
     peer_trusted: bool,
     tls: bool,
     original_host: Option<&HeaderValue>,
 ) {
-    let prior = if peer_trusted {
-        let prior: Vec<&str> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        (!prior.is_empty()).then(|| prior.join(", "))
-    } else {
-        None
-    };
-    let xff = match prior {
-        None => Some(peer.clone()),
-        Some(p) => HeaderValue::from_str(&format!("{p}, {}", peer.to_str().unwrap_or(""))).ok(),
-    };
-    if let Some(v) = xff {
-        headers.insert(&X_FORWARDED_FOR, v);
-    }
-    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(
-            &X_FORWARDED_PROTO,
-            HeaderValue::from_static(if tls { "https" } else { "http" }),
-        );
-    }
-    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        match original_host {
-            Some(h) => {
-                headers.insert(&X_FORWARDED_HOST, h.clone());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
-        }
-    }
+    static RID: HeaderName = HeaderName::from_static("x-request-id");
+    let mut own = Own::new(
+        headers,
+        peer,
+        peer_trusted,
+        tls,
+        original_host,
+        None,
+        (&RID, HeaderValue::from_static("t")),
+    );
+    // Only the forwarding fields, as this helper always did.
+    own.fields[4].1 = Set::Keep;
+    own.apply(headers);
 }
 
 /// Appends this gateway to `Via`.

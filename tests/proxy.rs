@@ -436,6 +436,7 @@ async fn client_x_forwarded_headers_are_replaced_unless_the_peer_is_a_trusted_pr
             .header("X-Forwarded-For", "6.6.6.6")
             .header("X-Forwarded-Proto", "https")
             .header("X-Forwarded-Host", "evil.example")
+            .header("Via", "1.0 corp")
             .send()
     };
 
@@ -448,6 +449,9 @@ async fn client_x_forwarded_headers_are_replaced_unless_the_peer_is_a_trusted_pr
         s.header("x-forwarded-host"),
         Some(gw.addr.to_string().as_str())
     );
+    // A client's Via is extended, never doubled (each `header` panics on a second value).
+    assert_eq!(s.header("via"), Some("1.0 corp, 1.1 portcullis"));
+    assert_eq!(s.header("host"), Some(echo.addr.to_string().as_str()));
 
     // The peer is trusted: its chain is extended and its proto/host believed.
     let gw = Gateway::start(config("127.0.0.1/32")).await;

@@ -164,45 +164,35 @@ pub async fn forward(
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or_else(|| parts.headers.get(header::HOST).cloned());
     let client_version = parts.version;
-    // Room for what the gateway adds (forwarding headers, Via, request id, Host, trace
-    // context) at once: growing a client's one-header map a slot at a time rehashes it
-    // again and again.
-    parts.headers.reserve(8);
     forwarded::strip_hop_by_hop(
         &mut parts.headers,
         &route.protected,
         &settings.request_id_header,
     );
-    forwarded::set_forwarded(
-        &mut parts.headers,
+    // The gateway's own fields: written after the client's by the wire client, put into
+    // the map for hyper's.
+    let via = settings.via.as_ref().map(|(v11, v2)| {
+        if client_version == Version::HTTP_2 {
+            v2
+        } else {
+            v11
+        }
+    });
+    let mut own = forwarded::Own::new(
+        &parts.headers,
         &peer.xff,
         peer.trusted,
         peer.tls,
         original_host.as_ref(),
+        via,
+        (&settings.request_id_header, cx.request_id.clone()),
     );
-    if route.preserve_host {
-        if let Some(h) = &original_host {
-            parts.headers.insert(header::HOST, h.clone());
-        }
-    }
-    if let Some((v11, v2)) = &settings.via {
-        forwarded::append_via(
-            &mut parts.headers,
-            if client_version == Version::HTTP_2 {
-                v2
-            } else {
-                v11
-            },
-        );
-    }
-    parts
-        .headers
-        .insert(settings.request_id_header.clone(), cx.request_id.clone());
     let version = match up.protocol {
         crate::config::UpstreamProtocol::Http2 => Version::HTTP_2,
         _ => Version::HTTP_11,
     };
     let keep_host = route.preserve_host && original_host.is_some();
+    let original_host = original_host.filter(|_| keep_host);
 
     // Body: kept in memory when a retry may have to send it again and it is small and of
     // known length; otherwise streamed, and then only the first try can carry it.
@@ -280,14 +270,26 @@ pub async fn forward(
         } else {
             parts.headers.clone()
         };
+        own.set_host(if version == Version::HTTP_2 {
+            // h2 carries the authority in :authority; a Host header too would be redundant.
+            forwarded::Set::Drop
+        } else {
+            forwarded::Set::Put(
+                original_host
+                    .clone()
+                    .unwrap_or_else(|| t.target.host_header.clone()),
+            )
+        });
         let mut request = build_request(
             (parts.method.clone(), headers, req_body.take()),
             (unchanged.as_ref(), &path_and_query),
             t,
             version,
-            keep_host,
             pooled.is_some(),
         )?;
+        if pooled.is_none() {
+            own.apply(request.headers_mut());
+        }
         // Each try is its own span; the upstream sees it as its parent.
         let span = cx.trace.as_mut().map(|tr| tr.start_try());
         if let (Some(tr), Some(sp)) = (&cx.trace, &span) {
@@ -308,6 +310,7 @@ pub async fn forward(
                     t.target.authority.as_str(),
                     request,
                     &settings,
+                    &own,
                     raw
                 ));
                 match tokio::time::timeout(limit, send).await {
@@ -426,11 +429,10 @@ pub async fn forward(
 
 /// One try's request (method, headers and body of the client's), aimed at target `t`.
 fn build_request(
-    (method, mut headers, body): (http::Method, HeaderMap, Body),
+    (method, headers, body): (http::Method, HeaderMap, Body),
     (unchanged, path_and_query): (Option<&uri::PathAndQuery>, &str),
     t: &TargetRt,
     version: Version,
-    keep_host: bool,
     origin_form: bool,
 ) -> Result<Request<Body>, GatewayError> {
     let target = &t.target;
@@ -455,12 +457,6 @@ fn build_request(
         })
         .map_err(|_| GatewayError::Internal)?
     };
-    if version == Version::HTTP_2 {
-        // h2 carries the authority in :authority; a Host header too would be redundant.
-        headers.remove(header::HOST);
-    } else if !keep_host {
-        headers.insert(header::HOST, target.host_header.clone());
-    }
     let mut req = Request::new(body);
     *req.method_mut() = method;
     *req.uri_mut() = uri;

@@ -26,6 +26,7 @@
 pub mod wire;
 
 use crate::body::{Body, BoxError};
+use crate::forwarded::Own;
 use bytes::Bytes;
 use http::{HeaderName, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -134,10 +135,11 @@ impl Pool {
         authority: &str,
         req: Request<Body>,
         s: &Settings,
+        own: &Own<'_>,
         raw: Option<&HeaderName>,
     ) -> Result<Response<Pooled>, SendError> {
         let (parts, body) = req.into_parts();
-        let mut out = Outgoing::new(&parts, body);
+        let mut out = Outgoing::new(&parts, own, body);
         drop(parts);
         if let Some(rid) = raw {
             out.keep_raw(rid);
@@ -367,7 +369,10 @@ mod tests {
     }
 
     async fn fetch(pool: &Arc<Pool>, addr: &str, s: &Settings) -> Bytes {
-        let res = pool.send(addr, get(addr), s, None).await.unwrap();
+        let res = pool
+            .send(addr, get(addr), s, &Own::keep_all(), None)
+            .await
+            .unwrap();
         res.into_body().collect().await.unwrap().to_bytes()
     }
 
@@ -417,7 +422,10 @@ mod tests {
         let (addr, conns) = server(false).await;
         let pool = Arc::new(Pool::default());
         let s = settings(Duration::from_secs(30));
-        let res = pool.send(&addr, get(&addr), &s, None).await.unwrap();
+        let res = pool
+            .send(&addr, get(&addr), &s, &Own::keep_all(), None)
+            .await
+            .unwrap();
         drop(res);
         assert_eq!(pool.idle_count(), 0);
         fetch(&pool, &addr, &s).await;
@@ -435,7 +443,11 @@ mod tests {
         // Four at once need four connections; only two stay.
         let mut held = Vec::new();
         for _ in 0..4 {
-            held.push(pool.send(&addr, get(&addr), &s, None).await.unwrap());
+            held.push(
+                pool.send(&addr, get(&addr), &s, &Own::keep_all(), None)
+                    .await
+                    .unwrap(),
+            );
         }
         for res in held {
             res.into_body().collect().await.unwrap();
@@ -451,7 +463,13 @@ mod tests {
         };
         let pool = Arc::new(Pool::default());
         let e = pool
-            .send(&addr, get(&addr), &settings(Duration::from_secs(30)), None)
+            .send(
+                &addr,
+                get(&addr),
+                &settings(Duration::from_secs(30)),
+                &Own::keep_all(),
+                None,
+            )
             .await
             .unwrap_err();
         assert!(e.is_connect(), "{e}");
@@ -497,7 +515,13 @@ mod tests {
 
     async fn body_of(pool: &Arc<Pool>, addr: &str, req: Request<Body>) -> (u16, Bytes) {
         let res = pool
-            .send(addr, req, &settings(Duration::from_secs(30)), None)
+            .send(
+                addr,
+                req,
+                &settings(Duration::from_secs(30)),
+                &Own::keep_all(),
+                None,
+            )
             .await
             .unwrap();
         let status = res.status().as_u16();
@@ -561,7 +585,13 @@ mod tests {
         let mut head = get(&addr);
         *head.method_mut() = http::Method::HEAD;
         let res = pool
-            .send(&addr, head, &settings(Duration::from_secs(30)), None)
+            .send(
+                &addr,
+                head,
+                &settings(Duration::from_secs(30)),
+                &Own::keep_all(),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(res.headers()["content-length"], "5");
@@ -592,7 +622,13 @@ mod tests {
             let (addr, _) = raw_server(answer).await;
             let pool = Arc::new(Pool::default());
             let e = pool
-                .send(&addr, get(&addr), &settings(Duration::from_secs(30)), None)
+                .send(
+                    &addr,
+                    get(&addr),
+                    &settings(Duration::from_secs(30)),
+                    &Own::keep_all(),
+                    None,
+                )
                 .await
                 .unwrap_err();
             assert!(
@@ -709,7 +745,10 @@ mod tests {
             .header(http::header::CONTENT_LENGTH, "1")
             .body(crate::body::full("x"))
             .unwrap();
-        let e = pool.send(&addr, post, &s, None).await.unwrap_err();
+        let e = pool
+            .send(&addr, post, &s, &Own::keep_all(), None)
+            .await
+            .unwrap_err();
         assert!(
             matches!(e, SendError::Request(WireError::NoResponse)),
             "{e}"

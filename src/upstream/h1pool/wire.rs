@@ -26,6 +26,7 @@
 //!   no `Connection: close` and nothing left over.
 
 use crate::body::{Body, BoxError};
+use crate::forwarded::Own;
 use crate::raw_head::RawFields;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
@@ -195,8 +196,9 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// Encodes `parts` (origin-form URI, `Host` set) and the start of `body`.
-    pub fn new(parts: &http::request::Parts, body: Body) -> Outgoing {
+    /// Encodes `parts` (origin-form URI) with the gateway's own fields in place of the
+    /// client's of the same names, and the start of `body`.
+    pub fn new(parts: &http::request::Parts, own: &Own<'_>, body: Body) -> Outgoing {
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut bytes = Vec::with_capacity(256 + parts.headers.len() * 32);
         bytes.extend_from_slice(parts.method.as_str().as_bytes());
@@ -206,7 +208,7 @@ impl Outgoing {
         let has_body = !body.is_end_stream();
         let mut has_length = false;
         for (name, value) in &parts.headers {
-            if name == header::EXPECT || name == header::TRANSFER_ENCODING {
+            if name == header::EXPECT || name == header::TRANSFER_ENCODING || own.replaces(name) {
                 continue;
             }
             has_length |= name == header::CONTENT_LENGTH;
@@ -215,6 +217,7 @@ impl Outgoing {
             bytes.extend_from_slice(value.as_bytes());
             bytes.extend_from_slice(b"\r\n");
         }
+        own.write_to(&mut bytes);
         let chunked = has_body && !has_length;
         if chunked {
             bytes.extend_from_slice(b"transfer-encoding: chunked\r\n");
