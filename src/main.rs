@@ -219,6 +219,9 @@ fn serve(opts: Options, workers: Option<usize>) -> Result<ExitCode> {
 }
 
 async fn serve_until_signal(opts: Options) -> Result<ExitCode> {
+    // Handlers first: a SIGTERM that comes once the listeners answer (and before the wait
+    // below begins) must drain, not kill the process with the default action.
+    let stop = stop_signals()?;
     let handle = match server::start(opts).await {
         Ok(h) => h,
         Err(server::StartError::Config(d)) => {
@@ -230,7 +233,7 @@ async fn serve_until_signal(opts: Options) -> Result<ExitCode> {
     for (name, addr) in handle.addrs() {
         tracing::info!(%name, %addr, "portcullis is serving");
     }
-    wait_for_stop().await;
+    stop.await;
     tracing::info!("shutting down: draining in-flight requests");
     if handle.shutdown().await {
         tracing::info!("drained; bye");
@@ -240,16 +243,22 @@ async fn serve_until_signal(opts: Options) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_stop() {
+/// Completes on SIGTERM or SIGINT (Ctrl-C); the handlers are installed when this returns.
+fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

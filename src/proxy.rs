@@ -25,6 +25,7 @@ use crate::observe::metrics::{Finished, RouteTable};
 use crate::observe::request_id;
 use crate::observe::trace::{RequestEnd, RequestTrace, Tracer};
 use crate::policy::{self, Ctx};
+use crate::raw_head::RawFields;
 use crate::router::{Match, RequestView};
 use http::{header, HeaderMap, HeaderValue, Request, Response, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -72,9 +73,10 @@ where
     B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
 {
-    // Not an `async fn` of its own: every layer of future nesting is one more copy of the
-    // whole pipeline's state per request.
-    serve(snap, conn, req, None)
+    // Raw fields never come back: only the gateway's own HTTP/1 server asks for them
+    // (`ConnInfo::raw_head`), and it calls `serve` itself.
+    let fut = serve(snap, conn, req, None);
+    async move { fut.await.0 }
 }
 
 /// Answers a request the connection's HTTP/1 server refused (`server/h1/head.rs`): `req` is
@@ -93,7 +95,8 @@ where
     B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
 {
-    serve(snap, conn, req, Some((error, line)))
+    let fut = serve(snap, conn, req, Some((error, line)));
+    async move { fut.await.0 }
 }
 
 /// The whole pipeline for one request; `refused` carries the answer to a head the
@@ -103,7 +106,7 @@ pub async fn serve<B>(
     conn: ConnInfo,
     req: Request<B>,
     refused: Option<(GatewayError, Option<(http::Method, String)>)>,
-) -> Response<Body>
+) -> (Response<Body>, Option<RawFields>)
 where
     B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
@@ -147,6 +150,7 @@ where
         api_key: None,
         traffic: Default::default(),
         trace: snap.tracer.as_ref().map(|t| t.start_request(req.headers())),
+        raw_head: None,
     };
     let peer = Peer {
         xff: conn.peer_value.clone(),
@@ -185,6 +189,7 @@ where
             res
         }
     };
+    let answered = res.is_ok();
     let mut res = match res {
         Ok(r) => r,
         Err(e) => {
@@ -202,8 +207,16 @@ where
             r
         }
     };
-    res.headers_mut()
-        .insert(s.request_id_header.clone(), cx.request_id.clone());
+    // The upstream's fields stayed raw (HTTP/1 client, no policies): the request id goes
+    // with them and the map stays empty.
+    let mut raw = cx.raw_head.take().filter(|_| answered);
+    match raw.as_mut() {
+        Some(r) => r.request_id = Some((s.request_id_header.clone(), cx.request_id.clone())),
+        None => {
+            res.headers_mut()
+                .insert(s.request_id_header.clone(), cx.request_id.clone());
+        }
+    }
     if refused_head {
         res.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -261,13 +274,14 @@ where
         started,
         stats,
     };
-    res.map(|b| {
+    let res = res.map(|b| {
         body::boxed(Observed {
             inner: b,
             bytes: 0,
             pending: Some(pending),
         })
-    })
+    });
+    (res, raw)
 }
 
 /// The route name before routing; shared so that it costs no allocation.

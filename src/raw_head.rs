@@ -5,9 +5,11 @@
 //! field) and encoding it again for an HTTP/1 client was about a tenth of the gateway's
 //! work per proxied request, for fields nothing in between reads. So when nothing will read
 //! them, the wire client ([`crate::upstream::h1pool`]) leaves the end-to-end fields as runs
-//! of the upstream's head bytes ([`RawFields`], in the response's extensions), and the
-//! gateway's HTTP/1 server ([`crate::server::h1`]) copies those runs into its response head
-//! before the fields in the map, which then holds only what the gateway adds.
+//! of the upstream's head bytes ([`RawFields`]), which travel beside the response (the
+//! backend puts them in the request's `Ctx`, the pipeline hands them to the connection with
+//! the response, and `Via` and the request id join them), and the gateway's HTTP/1 server
+//! ([`crate::server::h1`]) copies those runs into its response head before the fields in
+//! the map, which then holds only what policies might add (none: no policies).
 //!
 //! "Nothing will read them" is decided per request before it is sent: the client is on the
 //! gateway's own HTTP/1 server (hyper, serving HTTP/2, would not see the runs), and the
@@ -19,6 +21,7 @@
 //! are never in the runs: the connection writes its own framing, as for every response.
 
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 
 /// Runs kept inline; a head that would need more is carried in a map instead.
 const MAX_RUNS: usize = 6;
@@ -33,6 +36,10 @@ pub struct RawFields {
     pub date: bool,
     /// The body length the upstream declared (`Content-Length`, not in the runs).
     pub length: Option<u64>,
+    /// The gateway's own fields, written after the runs: `Via` and the request id (the
+    /// wire client kept the map when the upstream sent either).
+    pub via: Option<HeaderValue>,
+    pub request_id: Option<(HeaderName, HeaderValue)>,
 }
 
 impl RawFields {
@@ -43,6 +50,8 @@ impl RawFields {
             len: 0,
             date: false,
             length: None,
+            via: None,
+            request_id: None,
         }
     }
 
@@ -71,6 +80,12 @@ impl RawFields {
         for &(s, e) in &self.runs[..usize::from(self.len)] {
             w.extend_from_slice(&self.head[s as usize..e as usize]);
         }
+        if let Some(v) = &self.via {
+            line(w, b"via", v);
+        }
+        if let Some((n, v)) = &self.request_id {
+            line(w, n.as_str().as_bytes(), v);
+        }
     }
 
     /// The field lines, for tests and diagnostics.
@@ -79,6 +94,14 @@ impl RawFields {
         self.write_to(&mut v);
         v
     }
+}
+
+fn line(w: &mut Vec<u8>, name: &[u8], value: &HeaderValue) {
+    w.reserve(name.len() + value.len() + 4);
+    w.extend_from_slice(name);
+    w.extend_from_slice(b": ");
+    w.extend_from_slice(value.as_bytes());
+    w.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

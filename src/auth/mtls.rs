@@ -176,6 +176,7 @@ mod tests {
             api_key: None,
             traffic: Default::default(),
             trace: None,
+            raw_head: None,
         };
         match m.check(&cx) {
             Outcome::Valid(id) => Some(id.consumer.unwrap().name.to_string()),

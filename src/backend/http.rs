@@ -422,7 +422,7 @@ pub async fn forward(
                 }
                 Err(e)
             }
-            Outcome::Response(res) => Ok(finish(res, settings, guard, permit)),
+            Outcome::Response(res) => Ok(finish(res, settings, guard, permit, &mut cx.raw_head)),
         };
     }
 }
@@ -470,21 +470,30 @@ fn finish(
     settings: &Settings,
     guard: InFlight,
     permit: Option<OwnedSemaphorePermit>,
+    raw_out: &mut Option<crate::raw_head::RawFields>,
 ) -> Response<Body> {
-    let (mut parts, body) = res.into_parts();
+    let (mut parts, mut body) = res.into_parts();
     // The wire client leaves hop-by-hop fields out as it parses.
     if !body.is_wire() {
         forwarded::strip_response_hop_by_hop(&mut parts.headers);
     }
-    if let Some((v11, v2)) = &settings.via {
-        forwarded::append_via(
-            &mut parts.headers,
-            if parts.version == Version::HTTP_2 {
-                v2
-            } else {
-                v11
-            },
-        );
+    let via = settings.via.as_ref().map(|(v11, v2)| {
+        if parts.version == Version::HTTP_2 {
+            v2
+        } else {
+            v11
+        }
+    });
+    // Raw fields go beside the response to the connection, Via with them (the wire client
+    // kept the map if the upstream sent a Via of its own).
+    *raw_out = body.take_raw().map(|mut r| {
+        r.via = via.cloned();
+        r
+    });
+    if raw_out.is_none() {
+        if let Some(v) = via {
+            forwarded::append_via(&mut parts.headers, v);
+        }
     }
     parts.version = Version::HTTP_11;
     Response::from_parts(

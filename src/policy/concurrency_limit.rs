@@ -172,6 +172,7 @@ mod tests {
             api_key: None,
             traffic: Default::default(),
             trace: None,
+            raw_head: None,
         }
     }
 

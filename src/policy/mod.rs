@@ -59,6 +59,9 @@ pub struct Ctx {
     pub traffic: rate_limit::Traffic,
     /// The request's trace context when tracing is on; upstream tries are its child spans.
     pub trace: Option<crate::observe::trace::RequestTrace>,
+    /// The upstream response's fields when they stayed raw ([`crate::raw_head`]): set by
+    /// the HTTP backend, handed to the connection with the response.
+    pub raw_head: Option<crate::raw_head::RawFields>,
 }
 
 impl Ctx {

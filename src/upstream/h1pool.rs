@@ -272,6 +272,15 @@ impl Pooled {
     pub fn is_wire(&self) -> bool {
         matches!(self, Pooled::Wire { .. })
     }
+
+    /// The response's end-to-end fields, when the wire client left them raw
+    /// ([`crate::raw_head`]).
+    pub fn take_raw(&mut self) -> Option<crate::raw_head::RawFields> {
+        match self {
+            Pooled::Wire { body, .. } => body.take_raw(),
+            Pooled::Detached(_) => None,
+        }
+    }
 }
 
 impl HttpBody for Pooled {

@@ -97,7 +97,7 @@ pub async fn serve<S, F, Fut>(io: S, cfg: Config, stop: watch::Receiver<()>, ser
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(Call) -> Fut,
-    Fut: Future<Output = Response<Body>>,
+    Fut: Future<Output = (Response<Body>, Option<RawFields>)>,
 {
     let deadline = Instant::now() + cfg.header_timeout;
     let mut stopped = stop.clone();
@@ -143,7 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn run<F, Fut>(mut self, mut service: F) -> Ended<S>
     where
         F: FnMut(Call) -> Fut,
-        Fut: Future<Output = Response<Body>>,
+        Fut: Future<Output = (Response<Body>, Option<RawFields>)>,
     {
         let mut first = true;
         loop {
@@ -162,8 +162,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     )
                 }
                 Next::Refused(reason, line) => {
-                    let res = service(Call::Refused(reason, line)).await;
-                    let _ = self.respond(res, None, false, Version::HTTP_11, true).await;
+                    let (res, raw) = service(Call::Refused(reason, line)).await;
+                    let _ = self
+                        .respond(res, raw, None, false, Version::HTTP_11, true)
+                        .await;
                     self.close(true).await;
                     return Ended::Closed;
                 }
@@ -187,7 +189,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn exchange<F, Fut>(&mut self, head: Head, service: &mut F) -> Option<bool>
     where
         F: FnMut(Call) -> Fut,
-        Fut: Future<Output = Response<Body>>,
+        Fut: Future<Output = (Response<Body>, Option<RawFields>)>,
     {
         let Head {
             request,
@@ -239,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Poll::Pending
         })
         .await;
-        let Some(res) = res else {
+        let Some((res, raw)) = res else {
             // The pipeline's future is dropped here: the upstream exchange is abandoned.
             return Some(false);
         };
@@ -253,7 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
         let Ok(keep) = self
-            .respond(res, pump.as_mut(), head_request, version, close)
+            .respond(res, raw, pump.as_mut(), head_request, version, close)
             .await
         else {
             return Some(false);
@@ -344,6 +346,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn respond(
         &mut self,
         res: Response<Body>,
+        raw: Option<RawFields>,
         mut pump: Option<&mut Pump>,
         head_request: bool,
         version: Version,
@@ -365,7 +368,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // The connection writes `Content-Length` itself, once: from the response's own
         // value(s) when they agree (a list of equal values is one length), else from the
         // body when its size is known.
-        let raw = parts.extensions.get::<RawFields>();
+        let raw = raw.as_ref();
         let declared = match raw {
             Some(r) => r.length,
             None => declared_length(&parts.headers),

@@ -371,6 +371,8 @@ pub struct Head {
     framing: Framing,
     /// The connection may carry another exchange after this body.
     keep: bool,
+    /// The end-to-end fields, when they stayed raw ([`crate::raw_head`]).
+    raw: Option<RawFields>,
 }
 
 /// The request body's upload, when it goes on beside the response; stopped when dropped
@@ -433,6 +435,7 @@ pub async fn exchange(
         framing: head.framing,
         keep: head.keep && reuse,
         upload,
+        raw: head.raw,
     };
     Ok((head.parts, body))
 }
@@ -795,16 +798,17 @@ fn parse_head(
     *res.status_mut() = status;
     *res.version_mut() = version;
     *res.headers_mut() = headers;
-    if let Some(mut r) = runs {
+    let raw = runs.map(|mut r| {
         // A length beside Transfer-Encoding frames nothing (see above).
         r.length = length.filter(|_| !has_te);
-        res.extensions_mut().insert(r);
-    }
+        r
+    });
     let (parts, ()) = res.into_parts();
     Ok(Parsed::Final(Head {
         parts,
         framing,
         keep,
+        raw,
     }))
 }
 
@@ -868,9 +872,16 @@ pub struct WireBody {
     framing: Framing,
     keep: bool,
     upload: Option<Upload>,
+    /// The head's end-to-end fields, when they stayed raw; taken by the backend.
+    raw: Option<RawFields>,
 }
 
 impl WireBody {
+    /// The response's end-to-end fields, when they stayed raw ([`crate::raw_head`]).
+    pub fn take_raw(&mut self) -> Option<RawFields> {
+        self.raw.take()
+    }
+
     /// The connection, once the body ended cleanly and it can carry another exchange.
     pub fn take_idle(&mut self) -> Option<Conn> {
         if !matches!(self.framing, Framing::Done) || !self.keep {
@@ -1243,9 +1254,8 @@ mod tests {
     }
 
     fn raw_of(h: &Head) -> Option<String> {
-        h.parts
-            .extensions
-            .get::<RawFields>()
+        h.raw
+            .as_ref()
             .map(|r| String::from_utf8(r.to_vec()).unwrap())
     }
 
@@ -1263,7 +1273,7 @@ mod tests {
                  Set-Cookie: a=1\r\nset-cookie: b=2\r\n"
             )
         );
-        let r = h.parts.extensions.get::<RawFields>().unwrap();
+        let r = h.raw.as_ref().unwrap();
         assert!(r.date);
         assert_eq!(r.length, Some(5));
         assert!(
@@ -1277,7 +1287,7 @@ mod tests {
         let h = parse_raw(
             "HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
         );
-        let r = h.parts.extensions.get::<RawFields>().unwrap();
+        let r = h.raw.as_ref().unwrap();
         assert_eq!((r.length, r.date), (None, false));
         assert_eq!(raw_of(&h).as_deref(), Some("X-A: 1\r\n"));
         assert!(matches!(h.framing, Framing::Chunked(_)));
