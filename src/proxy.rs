@@ -106,7 +106,7 @@ pub async fn serve<B>(
     conn: ConnInfo,
     req: Request<B>,
     refused: Option<(GatewayError, Option<(http::Method, String)>)>,
-) -> (Response<Body>, Option<RawFields>)
+) -> (Response<Body>, Option<Box<RawFields>>)
 where
     B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,

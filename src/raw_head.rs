@@ -26,7 +26,10 @@ use http::{HeaderName, HeaderValue};
 /// Runs kept inline; a head that would need more is carried in a map instead.
 const MAX_RUNS: usize = 6;
 
-/// End-to-end header fields of an upstream response, as byte runs of its head.
+/// End-to-end header fields of an upstream response, as byte runs of its head. Boxed where
+/// it travels: moved through several layers of futures per request, the inline runs cost
+/// more in copies than the one allocation (callgrind, bench route: 24.0k instructions per
+/// request unboxed, 22.8k boxed; 23.8k when they went in the response's extensions).
 #[derive(Clone, Debug)]
 pub struct RawFields {
     head: Bytes,

@@ -470,7 +470,7 @@ fn finish(
     settings: &Settings,
     guard: InFlight,
     permit: Option<OwnedSemaphorePermit>,
-    raw_out: &mut Option<crate::raw_head::RawFields>,
+    raw_out: &mut Option<Box<crate::raw_head::RawFields>>,
 ) -> Response<Body> {
     let (mut parts, mut body) = res.into_parts();
     // The wire client leaves hop-by-hop fields out as it parses.

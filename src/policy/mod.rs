@@ -61,7 +61,7 @@ pub struct Ctx {
     pub trace: Option<crate::observe::trace::RequestTrace>,
     /// The upstream response's fields when they stayed raw ([`crate::raw_head`]): set by
     /// the HTTP backend, handed to the connection with the response.
-    pub raw_head: Option<crate::raw_head::RawFields>,
+    pub raw_head: Option<Box<crate::raw_head::RawFields>>,
 }
 
 impl Ctx {

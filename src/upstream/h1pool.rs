@@ -275,7 +275,7 @@ impl Pooled {
 
     /// The response's end-to-end fields, when the wire client left them raw
     /// ([`crate::raw_head`]).
-    pub fn take_raw(&mut self) -> Option<crate::raw_head::RawFields> {
+    pub fn take_raw(&mut self) -> Option<Box<crate::raw_head::RawFields>> {
         match self {
             Pooled::Wire { body, .. } => body.take_raw(),
             Pooled::Detached(_) => None,

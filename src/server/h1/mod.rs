@@ -97,7 +97,7 @@ pub async fn serve<S, F, Fut>(io: S, cfg: Config, stop: watch::Receiver<()>, ser
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(Call) -> Fut,
-    Fut: Future<Output = (Response<Body>, Option<RawFields>)>,
+    Fut: Future<Output = (Response<Body>, Option<Box<RawFields>>)>,
 {
     let deadline = Instant::now() + cfg.header_timeout;
     let mut stopped = stop.clone();
@@ -143,7 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn run<F, Fut>(mut self, mut service: F) -> Ended<S>
     where
         F: FnMut(Call) -> Fut,
-        Fut: Future<Output = (Response<Body>, Option<RawFields>)>,
+        Fut: Future<Output = (Response<Body>, Option<Box<RawFields>>)>,
     {
         let mut first = true;
         loop {
@@ -189,7 +189,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn exchange<F, Fut>(&mut self, head: Head, service: &mut F) -> Option<bool>
     where
         F: FnMut(Call) -> Fut,
-        Fut: Future<Output = (Response<Body>, Option<RawFields>)>,
+        Fut: Future<Output = (Response<Body>, Option<Box<RawFields>>)>,
     {
         let Head {
             request,
@@ -346,7 +346,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn respond(
         &mut self,
         res: Response<Body>,
-        raw: Option<RawFields>,
+        raw: Option<Box<RawFields>>,
         mut pump: Option<&mut Pump>,
         head_request: bool,
         version: Version,
@@ -368,7 +368,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // The connection writes `Content-Length` itself, once: from the response's own
         // value(s) when they agree (a list of equal values is one length), else from the
         // body when its size is known.
-        let raw = raw.as_ref();
+        let raw = raw.as_deref();
         let declared = match raw {
             Some(r) => r.length,
             None => declared_length(&parts.headers),

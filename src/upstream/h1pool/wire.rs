@@ -372,7 +372,7 @@ pub struct Head {
     /// The connection may carry another exchange after this body.
     keep: bool,
     /// The end-to-end fields, when they stayed raw ([`crate::raw_head`]).
-    raw: Option<RawFields>,
+    raw: Option<Box<RawFields>>,
 }
 
 /// The request body's upload, when it goes on beside the response; stopped when dropped
@@ -675,7 +675,7 @@ fn parse_head(
     let mut has_te = false;
     let mut close = version == Version::HTTP_10;
     let mut listed_any = false;
-    let mut runs = raw.map(|_| RawFields::new(head.clone()));
+    let mut runs = raw.map(|_| Box::new(RawFields::new(head.clone())));
     for &(no, nl, vo, vl) in &spans {
         let name = &head[no..no + nl];
         let value = &head[vo..vo + vl];
@@ -873,12 +873,12 @@ pub struct WireBody {
     keep: bool,
     upload: Option<Upload>,
     /// The head's end-to-end fields, when they stayed raw; taken by the backend.
-    raw: Option<RawFields>,
+    raw: Option<Box<RawFields>>,
 }
 
 impl WireBody {
     /// The response's end-to-end fields, when they stayed raw ([`crate::raw_head`]).
-    pub fn take_raw(&mut self) -> Option<RawFields> {
+    pub fn take_raw(&mut self) -> Option<Box<RawFields>> {
         self.raw.take()
     }
 
