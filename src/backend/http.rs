@@ -296,8 +296,16 @@ pub async fn forward(
             tr.inject(sp, request.headers_mut());
         }
 
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        // The first try starts as the request's time does: no clock read for it (two per
+        // try counted, with the timeout's own).
+        let try_start = if retries == 0 {
+            started
+        } else {
+            Instant::now()
+        };
+        let remaining = deadline.saturating_duration_since(try_start);
         let limit = try_limit(per_try, remaining);
+        let until = tokio::time::Instant::from_std(try_start) + limit;
         let guard = InFlight::new(t.state.clone(), up.state.clone());
         let rid = &settings.request_id_header;
         let result = match pooled {
@@ -313,7 +321,7 @@ pub async fn forward(
                     &own,
                     raw
                 ));
-                match tokio::time::timeout(limit, send).await {
+                match tokio::time::timeout_at(until, send).await {
                     Ok(Ok(res)) => Ok(Ok(res)),
                     // The client's body broke (a bad chunk, a client gone): its fault, not
                     // the target's, and never retried.
@@ -327,7 +335,7 @@ pub async fn forward(
                     Err(elapsed) => Err(elapsed),
                 }
             }
-            None => match tokio::time::timeout(limit, up.client.request(request)).await {
+            None => match tokio::time::timeout_at(until, up.client.request(request)).await {
                 Ok(Ok(res)) => Ok(Ok(res.map(Pooled::detached))),
                 Ok(Err(e)) => Ok(Err(classify(&e, e.is_connect(), up))),
                 Err(elapsed) => Err(elapsed),
