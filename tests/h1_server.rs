@@ -795,38 +795,9 @@ async fn an_answer_that_leaves_the_body_unread_says_connection_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 
 async fn a_merged_content_length_from_the_upstream_is_sent_once() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up_addr = listener.local_addr().unwrap();
-    let up = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..i + 4);
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello")
-                            .await;
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    let gw = Gateway::start(format!(
-        r#"
-        upstreams:
-          up: {{ targets: [ {{ url: "http://{up_addr}" }} ] }}
-        routes:
-          - match: {{}}
-            upstream: up
-        "#
-    ))
-    .await;
+    let (up_addr, up) =
+        fixed_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello").await;
+    let gw = Gateway::start(gateway_yaml(up_addr, "")).await;
     let mut c = Wire::connect(gw.addr).await;
     c.send(get("/")).await;
     let head = c.head().await;
