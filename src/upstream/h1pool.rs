@@ -369,6 +369,22 @@ mod tests {
         }
     }
 
+    /// One request on `pool` with a 30 s idle time and the client's fields as they are.
+    async fn send(
+        pool: &Arc<Pool>,
+        addr: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Pooled>, SendError> {
+        pool.send(
+            addr,
+            req,
+            &settings(Duration::from_secs(30)),
+            &Own::keep_all(),
+            None,
+        )
+        .await
+    }
+
     fn get(addr: &str) -> Request<Body> {
         Request::builder()
             .uri("/")
@@ -471,16 +487,7 @@ mod tests {
             l.local_addr().unwrap().to_string()
         };
         let pool = Arc::new(Pool::default());
-        let e = pool
-            .send(
-                &addr,
-                get(&addr),
-                &settings(Duration::from_secs(30)),
-                &Own::keep_all(),
-                None,
-            )
-            .await
-            .unwrap_err();
+        let e = send(&pool, &addr, get(&addr)).await.unwrap_err();
         assert!(e.is_connect(), "{e}");
         assert!(matches!(e, SendError::Connect { .. }), "{e}");
     }
@@ -523,16 +530,7 @@ mod tests {
     }
 
     async fn body_of(pool: &Arc<Pool>, addr: &str, req: Request<Body>) -> (u16, Bytes) {
-        let res = pool
-            .send(
-                addr,
-                req,
-                &settings(Duration::from_secs(30)),
-                &Own::keep_all(),
-                None,
-            )
-            .await
-            .unwrap();
+        let res = send(pool, addr, req).await.unwrap();
         let status = res.status().as_u16();
         (status, res.into_body().collect().await.unwrap().to_bytes())
     }
@@ -593,16 +591,7 @@ mod tests {
         );
         let mut head = get(&addr);
         *head.method_mut() = http::Method::HEAD;
-        let res = pool
-            .send(
-                &addr,
-                head,
-                &settings(Duration::from_secs(30)),
-                &Own::keep_all(),
-                None,
-            )
-            .await
-            .unwrap();
+        let res = send(&pool, &addr, head).await.unwrap();
         assert_eq!(res.headers()["content-length"], "5");
         assert!(res
             .into_body()
@@ -630,16 +619,7 @@ mod tests {
         ] {
             let (addr, _) = raw_server(answer).await;
             let pool = Arc::new(Pool::default());
-            let e = pool
-                .send(
-                    &addr,
-                    get(&addr),
-                    &settings(Duration::from_secs(30)),
-                    &Own::keep_all(),
-                    None,
-                )
-                .await
-                .unwrap_err();
+            let e = send(&pool, &addr, get(&addr)).await.unwrap_err();
             assert!(
                 matches!(e, SendError::Request(WireError::Malformed(_))),
                 "{e}"
