@@ -13,6 +13,7 @@ pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod body;
+pub mod clock;
 pub mod compile;
 pub mod config;
 pub mod demo;

@@ -111,7 +111,7 @@ where
     B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
 {
-    let started = Instant::now();
+    let started = crate::clock::now();
     // Wall-clock time is only for the access-log line.
     let time = if snap.log.is_some() {
         SystemTime::now()
@@ -561,7 +561,7 @@ impl Drop for Abandoned<'_> {
         if !self.armed {
             return;
         }
-        let duration = self.started.elapsed();
+        let duration = crate::clock::now().saturating_duration_since(self.started);
         self.snap.metrics.route(usize::MAX).record(
             self.method,
             Finished {
@@ -622,7 +622,7 @@ struct SpanEnd {
 
 impl Pending {
     fn finish(self, bytes_out: u64) {
-        let duration = self.started.elapsed();
+        let duration = crate::clock::now().saturating_duration_since(self.started);
         let bytes_in = self
             .stats
             .as_ref()

@@ -238,7 +238,7 @@ pub async fn forward(
 
     let total = route.request_timeout.unwrap_or(up.request_timeout);
     let per_try = route.per_try_timeout.or(up.per_try_timeout);
-    let started = Instant::now();
+    let started = crate::clock::now();
     let deadline = started + total;
     let set = up.targets();
     let key = up.hash_key(&parts.headers, cx.client.ip());
@@ -341,7 +341,7 @@ pub async fn forward(
                 Err(elapsed) => Err(elapsed),
             },
         };
-        cx.upstream_latency = Some(started.elapsed());
+        cx.upstream_latency = Some(crate::clock::now().saturating_duration_since(started));
         let outcome = match result {
             Ok(Ok(res)) => Outcome::Response(res),
             Ok(Err(classified)) => match classified {

@@ -120,7 +120,8 @@ impl Pool {
         if !conn.alive() {
             return;
         }
-        let now = Instant::now();
+        // When it went idle, to the second: the thread's last clock reading will do.
+        let now = crate::clock::recent();
         let mut idle = self.lock();
         prune(&mut idle, now, s.idle_timeout);
         if idle.len() < s.max_idle {
@@ -152,7 +153,7 @@ impl Pool {
             let checked_out = if resent {
                 None
             } else {
-                self.checkout(Instant::now(), s)
+                self.checkout(crate::clock::recent(), s)
             };
             let (conn, reused) = match checked_out {
                 Some(c) => (c, true),

@@ -99,7 +99,7 @@ where
     F: FnMut(Call) -> Fut,
     Fut: Future<Output = (Response<Body>, Option<Box<RawFields>>)>,
 {
-    let deadline = Instant::now() + cfg.header_timeout;
+    let deadline = crate::clock::recent_tokio() + cfg.header_timeout;
     let mut stopped = stop.clone();
     let conn = Conn {
         io,
@@ -277,7 +277,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Waits for the next head. Idle connections close on shutdown and at the header
     /// deadline.
     async fn next_head(&mut self, first: bool) -> Next {
-        self.deadline = Instant::now() + self.cfg.header_timeout;
+        // Seconds-scale: the thread's last clock reading (taken as the previous response
+        // finished, or as the thread woke for this connection) is close enough.
+        self.deadline = crate::clock::recent_tokio() + self.cfg.header_timeout;
         loop {
             head::skip_empty_lines(&mut self.rbuf);
             if first && is_preface_start(&self.rbuf) {
