@@ -36,6 +36,15 @@ where
     b.map_err(Into::into).boxed_unsync()
 }
 
+/// [`boxed`] for a body whose errors already are [`BoxError`]: without the mapping layer,
+/// which cost a frame's move and a match on every poll of every proxied response.
+pub fn boxed_plain<B>(b: B) -> Body
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Send + 'static,
+{
+    UnsyncBoxBody::new(b)
+}
+
 /// The stream was cut because it passed the limit.
 #[derive(Debug, thiserror::Error)]
 #[error("body larger than {0} bytes")]

@@ -230,8 +230,10 @@ where
     };
     let status = res.status().as_u16();
     let trace_id = cx.trace.as_ref().map(RequestTrace::trace_id_hex);
+    // Boxed: the record is most of `Pending`'s size, and `Pending` is moved (copied) into
+    // the body and out of it again on every request, log or none.
     let log = snap.log.clone().map(|sink| {
-        (
+        Box::new((
             sink,
             Record {
                 time,
@@ -250,7 +252,7 @@ where
                 upstream: cx.upstream_latency,
                 trace_id,
             },
-        )
+        ))
     });
     let span = cx.trace.take().map(|t| {
         Box::new(SpanEnd {
@@ -275,7 +277,7 @@ where
         stats,
     };
     let res = res.map(|b| {
-        body::boxed(Observed {
+        body::boxed_plain(Observed {
             inner: b,
             bytes: 0,
             pending: Some(pending),
@@ -604,7 +606,7 @@ struct Pending {
     method: http::Method,
     status: u16,
     upstream: Option<std::time::Duration>,
-    log: Option<(Sink, Record)>,
+    log: Option<Box<(Sink, Record)>>,
     span: Option<Box<SpanEnd>>,
     started: Instant,
     stats: Option<Arc<BodyStats>>,
@@ -637,7 +639,8 @@ impl Pending {
                 bytes_out,
             },
         );
-        if let Some((sink, mut record)) = self.log {
+        if let Some(log) = self.log {
+            let (sink, mut record) = *log;
             record.bytes_out = bytes_out;
             record.bytes_in = bytes_in;
             record.duration = duration;

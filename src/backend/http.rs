@@ -506,7 +506,7 @@ fn finish(
     parts.version = Version::HTTP_11;
     Response::from_parts(
         parts,
-        body::boxed(Tracked {
+        body::boxed_plain(Tracked {
             inner: body,
             _guard: guard,
             _permit: permit,

@@ -116,8 +116,8 @@ impl Pool {
         None
     }
 
-    fn put(&self, mut conn: Conn, s: &Settings) {
-        if !conn.alive() {
+    fn put(&self, conn: Conn, s: &Settings) {
+        if !conn.reusable() {
             return;
         }
         // When it went idle, to the second: the thread's last clock reading will do.

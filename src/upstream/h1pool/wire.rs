@@ -127,6 +127,14 @@ impl Conn {
         }
     }
 
+    /// Whether a connection just done with its exchange can go back to the pool: whole, with
+    /// nothing unasked buffered. What the socket says is left to [`Conn::alive`] at
+    /// checkout, which must ask anyway (time passes in the pool): asking here too cost a
+    /// readiness poll a request for a socket whose last read had just drained it.
+    pub fn reusable(&self) -> bool {
+        matches!(self.io, Io::Whole(_)) && self.buf.is_empty()
+    }
+
     /// Whether an idle connection can take a request: the upstream has neither closed it
     /// nor sent anything unasked. Costs no system call unless the socket has news (the
     /// reactor's readiness is looked at first; a short read already cleared it).
