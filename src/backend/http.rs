@@ -30,6 +30,7 @@ use crate::forwarded;
 use crate::observe::trace::TryOutcome;
 use crate::policy::Ctx;
 use crate::upstream::breaker::{Admit, Breaker};
+use crate::upstream::h1pool::Outgoing;
 use crate::upstream::h1pool::{Pooled, SendError};
 use crate::upstream::retry::Failure;
 use crate::upstream::state::{TargetState, UpstreamState};
@@ -264,12 +265,6 @@ pub async fn forward(
         let t = &set.targets[idx];
         cx.target = Some(t.target.label.clone());
         let pooled = up.h1.filter(|_| t.target.scheme == uri::Scheme::HTTP);
-        // Without a retry policy this is the only try: the headers move instead of copying.
-        let headers = if retry.is_none() {
-            std::mem::take(&mut parts.headers)
-        } else {
-            parts.headers.clone()
-        };
         own.set_host(if version == Version::HTTP_2 {
             // h2 carries the authority in :authority; a Host header too would be redundant.
             forwarded::Set::Drop
@@ -280,21 +275,37 @@ pub async fn forward(
                     .unwrap_or_else(|| t.target.host_header.clone()),
             )
         });
-        let mut request = build_request(
-            (parts.method.clone(), headers, req_body.take()),
-            (unchanged.as_ref(), &path_and_query),
-            t,
-            version,
-            pooled.is_some(),
-        )?;
-        if pooled.is_none() {
-            own.apply(request.headers_mut());
-        }
         // Each try is its own span; the upstream sees it as its parent.
         let span = cx.trace.as_mut().map(|tr| tr.start_try());
-        if let (Some(tr), Some(sp)) = (&cx.trace, &span) {
-            tr.inject(sp, request.headers_mut());
-        }
+        // Our own pool, and no trace field to add: the wire client encodes the request
+        // straight from the client's parts, with no `Uri`, `Request` or header copy made
+        // for it (`Outgoing::encode`). Otherwise a request is built.
+        let direct = pooled.is_some() && span.is_none();
+        let request = if direct {
+            None
+        } else {
+            // Without a retry policy this is the only try: the headers move instead of
+            // copying.
+            let headers = if retry.is_none() {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+            let mut request = build_request(
+                (parts.method.clone(), headers, req_body.take()),
+                (unchanged.as_ref(), &path_and_query),
+                t,
+                version,
+                pooled.is_some(),
+            )?;
+            if pooled.is_none() {
+                own.apply(request.headers_mut());
+            }
+            if let (Some(tr), Some(sp)) = (&cx.trace, &span) {
+                tr.inject(sp, request.headers_mut());
+            }
+            Some(request)
+        };
 
         // The first try starts as the request's time does: no clock read for it (two per
         // try counted, with the timeout's own).
@@ -308,17 +319,44 @@ pub async fn forward(
         let until = tokio::time::Instant::from_std(try_start) + limit;
         let guard = InFlight::new(t.state.clone(), up.state.clone());
         let rid = &settings.request_id_header;
-        let result = match pooled {
-            Some(settings) => {
+        let result = match (pooled, request) {
+            (Some(settings), request) => {
+                let out = match request {
+                    Some(r) => {
+                        let (p, b) = r.into_parts();
+                        Outgoing::new(&p, &own, b)
+                    }
+                    None => {
+                        // The client's own target was parsed as one; a rewritten one is
+                        // checked as `build_request` would.
+                        let pq = match &unchanged {
+                            Some(pq) => pq.as_str(),
+                            None => {
+                                if path_and_query.parse::<uri::PathAndQuery>().is_err() {
+                                    return Err(GatewayError::BadRequest(
+                                        "the request target cannot be forwarded",
+                                    ));
+                                }
+                                path_and_query.as_str()
+                            }
+                        };
+                        Outgoing::encode(
+                            &parts.method,
+                            (&t.target.base_path, pq),
+                            &parts.headers,
+                            &own,
+                            req_body.take(),
+                        )
+                    }
+                };
                 // Pinned where it lies: `timeout` then holds a pointer, not a second copy
                 // of the exchange's state.
                 // Raw fields only where nothing reads the response's fields: no policies.
                 let raw = (peer.raw_head && route.chain.is_empty()).then_some(rid);
-                let send = std::pin::pin!(t.state.pool.send(
+                let send = std::pin::pin!(t.state.pool.send_out(
                     t.target.authority.as_str(),
-                    request,
+                    out,
                     &settings,
-                    &own,
                     raw
                 ));
                 match tokio::time::timeout_at(until, send).await {
@@ -335,11 +373,15 @@ pub async fn forward(
                     Err(elapsed) => Err(elapsed),
                 }
             }
-            None => match tokio::time::timeout_at(until, up.client.request(request)).await {
-                Ok(Ok(res)) => Ok(Ok(res.map(Pooled::detached))),
-                Ok(Err(e)) => Ok(Err(classify(&e, e.is_connect(), up))),
-                Err(elapsed) => Err(elapsed),
-            },
+            (None, Some(request)) => {
+                match tokio::time::timeout_at(until, up.client.request(request)).await {
+                    Ok(Ok(res)) => Ok(Ok(res.map(Pooled::detached))),
+                    Ok(Err(e)) => Ok(Err(classify(&e, e.is_connect(), up))),
+                    Err(elapsed) => Err(elapsed),
+                }
+            }
+            // `direct` needs the pool.
+            (None, None) => return Err(GatewayError::Internal),
         };
         cx.upstream_latency = Some(crate::clock::now().saturating_duration_since(started));
         let outcome = match result {

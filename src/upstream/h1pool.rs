@@ -36,7 +36,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use wire::{Conn, Outgoing, WireBody, WireError};
+pub use wire::Outgoing;
+use wire::{Conn, WireBody, WireError};
 
 /// How connections are made and kept (from the upstream's settings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,8 +141,19 @@ impl Pool {
         raw: Option<&HeaderName>,
     ) -> Result<Response<Pooled>, SendError> {
         let (parts, body) = req.into_parts();
-        let mut out = Outgoing::new(&parts, own, body);
+        let out = Outgoing::new(&parts, own, body);
         drop(parts);
+        self.send_out(authority, out, s, raw).await
+    }
+
+    /// [`Pool::send`] for a request already encoded ([`Outgoing::encode`]).
+    pub async fn send_out(
+        self: &Arc<Self>,
+        authority: &str,
+        mut out: Outgoing,
+        s: &Settings,
+        raw: Option<&HeaderName>,
+    ) -> Result<Response<Pooled>, SendError> {
         if let Some(rid) = raw {
             out.keep_raw(rid);
         }

@@ -208,14 +208,28 @@ impl Outgoing {
     /// client's of the same names, and the start of `body`.
     pub fn new(parts: &http::request::Parts, own: &Own<'_>, body: Body) -> Outgoing {
         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut bytes = Vec::with_capacity(256 + parts.headers.len() * 32);
-        bytes.extend_from_slice(parts.method.as_str().as_bytes());
+        Outgoing::encode(&parts.method, ("", pq), &parts.headers, own, body)
+    }
+
+    /// [`Outgoing::new`] from the pieces, the request target as `base` then `pq` (a valid
+    /// origin-form target together): the proxy's path, which so builds no `Uri` and no
+    /// `Request` just to take them apart again here.
+    pub fn encode(
+        method: &Method,
+        (base, pq): (&str, &str),
+        headers: &http::HeaderMap,
+        own: &Own<'_>,
+        body: Body,
+    ) -> Outgoing {
+        let mut bytes = Vec::with_capacity(256 + headers.len() * 32);
+        bytes.extend_from_slice(method.as_str().as_bytes());
         bytes.push(b' ');
+        bytes.extend_from_slice(base.as_bytes());
         bytes.extend_from_slice(pq.as_bytes());
         bytes.extend_from_slice(b" HTTP/1.1\r\n");
         let has_body = !body.is_end_stream();
         let mut has_length = false;
-        for (name, value) in &parts.headers {
+        for (name, value) in headers {
             if name == header::EXPECT || name == header::TRANSFER_ENCODING || own.replaces(name) {
                 continue;
             }
@@ -235,7 +249,7 @@ impl Outgoing {
             bytes,
             body: has_body.then_some(body),
             chunked,
-            head: parts.method == Method::HEAD,
+            head: method == Method::HEAD,
             raw: None,
             failed: None,
             pending: None,
@@ -244,13 +258,12 @@ impl Outgoing {
             counted: 0,
         };
         if has_body && has_length {
-            out.declared = parts
-                .headers
+            out.declared = headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| parse_length(v.as_bytes()));
         }
         out.take_ready();
-        out.resendable = out.body.is_none() && out.failed.is_none() && parts.method.is_idempotent();
+        out.resendable = out.body.is_none() && out.failed.is_none() && method.is_idempotent();
         out
     }
 
