@@ -356,3 +356,39 @@ mod alloc_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod runtime_tests {
+    use portcullis::clock;
+    use std::time::Duration;
+
+    /// Both runtime shapes install the unpark hook that `clock::recent` relies on: a thread
+    /// that runs the gateway's tasks caches its reading (no clock read between two calls)
+    /// and takes a new one each time it wakes.
+    #[test]
+    fn the_gateways_runtimes_keep_and_refresh_the_recent_clock_reading() {
+        for workers in [Some(1), Some(2)] {
+            let rt = super::runtime(workers).unwrap();
+            rt.block_on(async {
+                tokio::spawn(async move {
+                    // A wake-up first: the task may be the worker's first work.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let cached = clock::recent();
+                    std::thread::sleep(Duration::from_millis(20));
+                    assert_eq!(clock::recent(), cached, "{workers:?}: no reading kept");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // One thread: it is the one that woke. (In a pool a worker that had not
+                    // parked could steal the task, with its own older reading.)
+                    if workers == Some(1) {
+                        assert!(
+                            clock::recent() >= cached + Duration::from_millis(40),
+                            "not refreshed on waking"
+                        );
+                    }
+                })
+                .await
+                .unwrap();
+            });
+        }
+    }
+}
