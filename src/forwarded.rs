@@ -6,6 +6,7 @@
 //! gateway checked (route predicates, `Host`, credentials) or sets itself.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -182,14 +183,19 @@ pub fn peer_value(peer: IpAddr) -> HeaderValue {
 
 /// What one of the gateway's own request fields becomes.
 #[derive(Debug, Clone)]
-pub enum Set {
+pub enum Set<'a> {
     /// The client's value (if any) goes on.
     Keep,
-    /// This value, in place of any the client sent.
-    Put(HeaderValue),
+    /// This value, in place of any the client sent. Borrowed where the value already exists
+    /// (the peer's entry, the host, `Via`, the request id): a `HeaderValue` clone is an
+    /// atomic reference count up and down again, five of them a request.
+    Put(Cow<'a, HeaderValue>),
     /// None, whatever the client sent.
     Drop,
 }
+
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 static VIA: HeaderName = header::VIA;
 static HOST: HeaderName = header::HOST;
@@ -202,7 +208,7 @@ static HOST: HeaderName = header::HOST;
 /// ([`crate::upstream::h1pool`]): no map insert per field on that path.
 #[derive(Debug, Clone)]
 pub struct Own<'a> {
-    fields: [(&'a HeaderName, Set); 6],
+    fields: [(&'a HeaderName, Set<'a>); 6],
 }
 
 impl<'a> Own<'a> {
@@ -210,12 +216,12 @@ impl<'a> Own<'a> {
     /// (`None`: Via is off). `Host` starts as [`Set::Keep`] (see [`Own::set_host`]).
     pub fn new(
         headers: &HeaderMap,
-        peer: &HeaderValue,
+        peer: &'a HeaderValue,
         peer_trusted: bool,
         tls: bool,
-        original_host: Option<&HeaderValue>,
-        via: Option<&HeaderValue>,
-        request_id: (&'a HeaderName, HeaderValue),
+        original_host: Option<&'a HeaderValue>,
+        via: Option<&'a HeaderValue>,
+        request_id: (&'a HeaderName, &'a HeaderValue),
     ) -> Own<'a> {
         let prior = if peer_trusted {
             let prior: Vec<&str> = headers
@@ -227,29 +233,30 @@ impl<'a> Own<'a> {
         } else {
             None
         };
+        let owned = |v: HeaderValue| Set::Put(Cow::Owned(v));
         let xff = match prior {
-            None => Set::Put(peer.clone()),
+            None => Set::Put(Cow::Borrowed(peer)),
             Some(p) => HeaderValue::from_str(&format!("{p}, {}", peer.to_str().unwrap_or("")))
-                .map_or(Set::Keep, Set::Put),
+                .map_or(Set::Keep, owned),
         };
         let xfp = if peer_trusted && headers.contains_key(&X_FORWARDED_PROTO) {
             Set::Keep
         } else {
-            Set::Put(HeaderValue::from_static(if tls { "https" } else { "http" }))
+            Set::Put(Cow::Borrowed(if tls { &HTTPS } else { &HTTP }))
         };
         let xfh = if peer_trusted && headers.contains_key(&X_FORWARDED_HOST) {
             Set::Keep
         } else {
-            original_host.map_or(Set::Drop, |h| Set::Put(h.clone()))
+            original_host.map_or(Set::Drop, |h| Set::Put(Cow::Borrowed(h)))
         };
         let via = match via {
             None => Set::Keep,
             Some(ours) => match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
                 Some(prev) if !prev.is_empty() => {
                     HeaderValue::from_str(&format!("{prev}, {}", ours.to_str().unwrap_or("")))
-                        .map_or(Set::Keep, Set::Put)
+                        .map_or(Set::Keep, owned)
                 }
-                _ => Set::Put(ours.clone()),
+                _ => Set::Put(Cow::Borrowed(ours)),
             },
         };
         Own {
@@ -258,7 +265,7 @@ impl<'a> Own<'a> {
                 (&X_FORWARDED_PROTO, xfp),
                 (&X_FORWARDED_HOST, xfh),
                 (&VIA, via),
-                (request_id.0, Set::Put(request_id.1)),
+                (request_id.0, Set::Put(Cow::Borrowed(request_id.1))),
                 (&HOST, Set::Keep),
             ],
         }
@@ -281,7 +288,7 @@ impl<'a> Own<'a> {
     }
 
     /// The `Host` the upstream gets (it depends on the target, so it is set per try).
-    pub fn set_host(&mut self, host: Set) {
+    pub fn set_host(&mut self, host: Set<'a>) {
         self.fields[5].1 = host;
     }
 
@@ -291,7 +298,7 @@ impl<'a> Own<'a> {
             match set {
                 Set::Keep => {}
                 Set::Put(v) => {
-                    headers.insert(*name, v.clone());
+                    headers.insert(*name, v.as_ref().clone());
                 }
                 Set::Drop => {
                     headers.remove(*name);
@@ -331,6 +338,7 @@ fn set_forwarded(
     original_host: Option<&HeaderValue>,
 ) {
     static RID: HeaderName = HeaderName::from_static("x-request-id");
+    static ID: HeaderValue = HeaderValue::from_static("t");
     let mut own = Own::new(
         headers,
         peer,
@@ -338,7 +346,7 @@ fn set_forwarded(
         tls,
         original_host,
         None,
-        (&RID, HeaderValue::from_static("t")),
+        (&RID, &ID),
     );
     // Only the forwarding fields, as this helper always did.
     own.fields[4].1 = Set::Keep;

@@ -153,7 +153,7 @@ where
         raw_head: None,
     };
     let peer = Peer {
-        xff: conn.peer_value.clone(),
+        xff: &conn.peer_value,
         trusted: peer_trusted,
         tls: conn.tls,
         raw_head: conn.raw_head,
@@ -172,6 +172,8 @@ where
         None => {
             // A client that goes away mid-request drops this future (the connection cancels
             // the request): the guard still records it, as nginx's 499.
+            // It borrows the request's context rather than copying the request id and the
+            // URI for a case that is rare.
             let mut abandoned = Abandoned {
                 snap: &snap,
                 started,
@@ -180,11 +182,10 @@ where
                 method: &method,
                 host: &host,
                 version,
-                request_id: cx.request_id.clone(),
-                uri: req.uri().clone(),
+                cx: &mut cx,
                 armed: true,
             };
-            let res = pipeline(gw, &mut cx, &peer, host.as_str(), req, &mut stats).await;
+            let res = pipeline(gw, abandoned.cx, &peer, host.as_str(), req, &mut stats).await;
             abandoned.armed = false;
             res
         }
@@ -207,16 +208,7 @@ where
             r
         }
     };
-    // The upstream's fields stayed raw (HTTP/1 client, no policies): the request id goes
-    // with them and the map stays empty.
     let mut raw = cx.raw_head.take().filter(|_| answered);
-    match raw.as_mut() {
-        Some(r) => r.request_id = Some((s.request_id_header.clone(), cx.request_id.clone())),
-        None => {
-            res.headers_mut()
-                .insert(s.request_id_header.clone(), cx.request_id.clone());
-        }
-    }
     if refused_head {
         res.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -264,6 +256,16 @@ where
             version,
         })
     });
+    // The request id goes back last, moved rather than copied. The upstream's fields stayed
+    // raw (HTTP/1 client, no policies): it goes with them and the map stays empty.
+    let request_id = std::mem::replace(&mut cx.request_id, HeaderValue::from_static(""));
+    match raw.as_mut() {
+        Some(r) => r.request_id = Some((s.request_id_header.clone(), request_id)),
+        None => {
+            res.headers_mut()
+                .insert(s.request_id_header.clone(), request_id);
+        }
+    }
     // Inline in the (already boxed) body: one allocation per request for all of it.
     let pending = Pending {
         snap,
@@ -418,7 +420,7 @@ fn check_head<B>(req: &Request<B>, max: u64) -> Result<(), GatewayError> {
 async fn pipeline<B>(
     gw: &Gateway,
     cx: &mut Ctx,
-    peer: &Peer,
+    peer: &Peer<'_>,
     host: &str,
     req: Request<B>,
     stats: &mut Option<Arc<BodyStats>>,
@@ -544,7 +546,8 @@ where
 pub const CLIENT_CLOSED: u16 = 499;
 
 /// Records a request dropped before the pipeline produced its answer: metrics under no
-/// route, and an access-log line with status [`CLIENT_CLOSED`] and the path as sent.
+/// route, and an access-log line with status [`CLIENT_CLOSED`] and the path as routed (the
+/// pipeline normalises it before its first wait, so a request can only be dropped after).
 struct Abandoned<'a> {
     snap: &'a Snapshot,
     started: Instant,
@@ -553,8 +556,8 @@ struct Abandoned<'a> {
     method: &'a http::Method,
     host: &'a Host,
     version: Version,
-    request_id: HeaderValue,
-    uri: http::Uri,
+    /// The request's context, lent to the pipeline while it runs.
+    cx: &'a mut Ctx,
     armed: bool,
 }
 
@@ -577,11 +580,15 @@ impl Drop for Abandoned<'_> {
         if let Some(sink) = &self.snap.log {
             let record = Record {
                 time: self.time,
-                request_id: self.request_id.clone(),
+                request_id: self.cx.request_id.clone(),
                 client: self.client,
                 method: self.method.clone(),
                 host: self.host.as_str().to_owned(),
-                path: self.uri.path().to_owned(),
+                path: if self.cx.path.is_empty() {
+                    "-".to_owned()
+                } else {
+                    self.cx.path.clone()
+                },
                 version: self.version,
                 route: None,
                 target: None,

@@ -48,10 +48,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Facts about the client connection the forwarder needs.
-pub struct Peer {
+pub struct Peer<'a> {
     /// The connection peer's address as an `X-Forwarded-For` entry, formatted once per
     /// connection.
-    pub xff: HeaderValue,
+    pub xff: &'a HeaderValue,
     pub trusted: bool,
     pub tls: bool,
     /// The client is on the gateway's own HTTP/1 server, which can write an upstream's
@@ -111,7 +111,7 @@ pub async fn forward(
     route: &Route,
     settings: &Settings,
     cx: &mut Ctx,
-    peer: &Peer,
+    peer: &Peer<'_>,
     req: Request<Body>,
 ) -> Result<Response<Body>, GatewayError> {
     let st: &UpstreamState = &up.state;
@@ -143,7 +143,7 @@ pub async fn forward(
     // When routing's normal form is what the client sent and nothing rewrites it, the
     // client's own (already parsed) path and query go on as they are.
     let unchanged = (*path == *parts.uri.path())
-        .then(|| parts.uri.path_and_query().cloned())
+        .then(|| parts.uri.path_and_query())
         .flatten();
     let mut path_and_query = String::new();
     if unchanged.is_none() {
@@ -181,19 +181,19 @@ pub async fn forward(
     });
     let mut own = forwarded::Own::new(
         &parts.headers,
-        &peer.xff,
+        peer.xff,
         peer.trusted,
         peer.tls,
         original_host.as_ref(),
         via,
-        (&settings.request_id_header, cx.request_id.clone()),
+        (&settings.request_id_header, &cx.request_id),
     );
     let version = match up.protocol {
         crate::config::UpstreamProtocol::Http2 => Version::HTTP_2,
         _ => Version::HTTP_11,
     };
     let keep_host = route.preserve_host && original_host.is_some();
-    let original_host = original_host.filter(|_| keep_host);
+    let kept_host = original_host.as_ref().filter(|_| keep_host);
 
     // Body: kept in memory when a retry may have to send it again and it is small and of
     // known length; otherwise streamed, and then only the first try can carry it.
@@ -239,7 +239,11 @@ pub async fn forward(
 
     let total = route.request_timeout.unwrap_or(up.request_timeout);
     let per_try = route.per_try_timeout.or(up.per_try_timeout);
-    let started = crate::clock::now();
+    // The thread's last clock reading: the request's own start (`proxy::serve` reads the
+    // clock exactly) or, after a wait that parked the thread, its wake-up. One clock read
+    // fewer per request; the deadline and upstream latency count from a few microseconds
+    // earlier at most, under load.
+    let started = crate::clock::recent();
     let deadline = started + total;
     let set = up.targets();
     let key = up.hash_key(&parts.headers, cx.client.ip());
@@ -269,11 +273,9 @@ pub async fn forward(
             // h2 carries the authority in :authority; a Host header too would be redundant.
             forwarded::Set::Drop
         } else {
-            forwarded::Set::Put(
-                original_host
-                    .clone()
-                    .unwrap_or_else(|| t.target.host_header.clone()),
-            )
+            forwarded::Set::Put(std::borrow::Cow::Borrowed(
+                kept_host.unwrap_or(&t.target.host_header),
+            ))
         });
         // Each try is its own span; the upstream sees it as its parent.
         let span = cx.trace.as_mut().map(|tr| tr.start_try());
@@ -293,7 +295,7 @@ pub async fn forward(
             };
             let mut request = build_request(
                 (parts.method.clone(), headers, req_body.take()),
-                (unchanged.as_ref(), &path_and_query),
+                (unchanged, &path_and_query),
                 t,
                 version,
                 pooled.is_some(),
@@ -314,7 +316,11 @@ pub async fn forward(
         } else {
             Instant::now()
         };
-        let remaining = deadline.saturating_duration_since(try_start);
+        let remaining = if retries == 0 {
+            total
+        } else {
+            deadline.saturating_duration_since(try_start)
+        };
         let limit = try_limit(per_try, remaining);
         let until = tokio::time::Instant::from_std(try_start) + limit;
         let guard = InFlight::new(t.state.clone(), up.state.clone());
@@ -349,35 +355,31 @@ pub async fn forward(
                         )
                     }
                 };
-                // Pinned where it lies: `timeout` then holds a pointer, not a second copy
-                // of the exchange's state.
                 // Raw fields only where nothing reads the response's fields: no policies.
                 let raw = (peer.raw_head && route.chain.is_empty()).then_some(rid);
-                let send = std::pin::pin!(t.state.pool.send_out(
-                    t.target.authority.as_str(),
-                    out,
-                    &settings,
-                    raw
-                ));
-                match tokio::time::timeout_at(until, send).await {
-                    Ok(Ok(res)) => Ok(Ok(res)),
+                // The pool keeps the deadline itself, on the connection's own timer.
+                let sent = t
+                    .state
+                    .pool
+                    .send_out(t.target.authority.as_str(), out, &settings, (raw, until))
+                    .await;
+                match sent {
+                    Ok(res) => Ok(Ok(res)),
+                    Err(SendError::TimedOut) => Err(()),
                     // The client's body broke (a bad chunk, a client gone): its fault, not
                     // the target's, and never retried.
-                    Ok(Err(e)) if e.is_request_body() => {
-                        Ok(Err(Err(match classify(&e, false, up) {
-                            Err(too_large) => too_large,
-                            Ok(_) => GatewayError::ClientBody,
-                        })))
-                    }
-                    Ok(Err(e)) => Ok(Err(classify(&e, e.is_connect(), up))),
-                    Err(elapsed) => Err(elapsed),
+                    Err(e) if e.is_request_body() => Ok(Err(Err(match classify(&e, false, up) {
+                        Err(too_large) => too_large,
+                        Ok(_) => GatewayError::ClientBody,
+                    }))),
+                    Err(e) => Ok(Err(classify(&e, e.is_connect(), up))),
                 }
             }
             (None, Some(request)) => {
                 match tokio::time::timeout_at(until, up.client.request(request)).await {
                     Ok(Ok(res)) => Ok(Ok(res.map(Pooled::detached))),
                     Ok(Err(e)) => Ok(Err(classify(&e, e.is_connect(), up))),
-                    Err(elapsed) => Err(elapsed),
+                    Err(_elapsed) => Err(()),
                 }
             }
             // `direct` needs the pool.

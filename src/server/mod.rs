@@ -125,6 +125,9 @@ struct State {
     /// Rate-limit counters and the Redis connection, kept across reloads.
     stores: crate::state::Stores,
     generation: AtomicU64,
+    /// The generation of the snapshot in `current`, set after it is stored: a connection
+    /// keeps the snapshot it last loaded while this has not moved (see `serve_h1`).
+    published: AtomicU64,
     running: Mutex<HashMap<(Kind, String), Running>>,
     sinks: Mutex<HashMap<Option<String>, Sink>>,
     /// Fires on shutdown; every connection holds a receiver until it ends.
@@ -167,6 +170,7 @@ pub async fn start(opts: Options) -> Result<ServerHandle, StartError> {
         pools,
         stores: crate::state::Stores::new(),
         generation: AtomicU64::new(0),
+        published: AtomicU64::new(0),
         running: Mutex::new(HashMap::new()),
         sinks: Mutex::new(HashMap::new()),
         graceful: Mutex::new(Some(watch::channel(()).0)),
@@ -358,6 +362,7 @@ impl ServerHandle {
             generation,
             tracer,
         }));
+        st.published.store(generation, Ordering::Release);
         // Health checks and discovery follow the new config; removed upstreams' tasks stop.
         st.pools.activate(&st.current.load().gateway.upstreams);
         // Start the new accept loops, stop the removed ones.
@@ -441,6 +446,24 @@ impl ServerHandle {
 
     fn snapshot(&self) -> Arc<Snapshot> {
         self.state.current.load_full()
+    }
+
+    /// The snapshot to serve a request with, given the one this connection served its last
+    /// request with: the same one (one reference count up) while no new one has been
+    /// published since, else the current one. Loading from the `ArcSwap` costs three
+    /// atomic read-modify-writes a request against one; a request that begins after a
+    /// reload's swap still gets the new snapshot, since the swap is published (release)
+    /// before the reload returns and read here (acquire) per request.
+    fn snapshot_after(&self, last: &mut Option<(u64, Arc<Snapshot>)>) -> Arc<Snapshot> {
+        let published = self.state.published.load(Ordering::Acquire);
+        match last {
+            Some((g, snap)) if *g == published => snap.clone(),
+            _ => {
+                let snap = self.snapshot();
+                *last = Some((published, snap.clone()));
+                snap
+            }
+        }
     }
 }
 
@@ -591,8 +614,9 @@ where
         raw_head: true,
         ..conn.clone()
     };
+    let mut last = None;
     let ended = h1::serve(io, cfg, stop, move |call| {
-        let snap = h.snapshot();
+        let snap = h.snapshot_after(&mut last);
         // The pipeline's future is returned as it is (no wrapping `async` block, which
         // would be one more copy of its state per request).
         let (req, refused) = match call {

@@ -60,11 +60,14 @@ pub enum SendError {
     /// The exchange failed after the request was handed to a connection.
     #[error(transparent)]
     Request(WireError),
+    /// The request's deadline passed before the response head came, connecting included.
+    #[error("no response in time")]
+    TimedOut,
 }
 
 impl SendError {
     pub fn is_connect(&self) -> bool {
-        !matches!(self, SendError::Request(_))
+        !matches!(self, SendError::Request(_) | SendError::TimedOut)
     }
 
     /// Reading the client's request body failed (not the upstream's doing).
@@ -131,28 +134,30 @@ impl Pool {
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `authority` over a pooled connection,
-    /// or a new one.
+    /// or a new one; [`SendError::TimedOut`] when no response head is in by `until`.
     pub async fn send(
         self: &Arc<Self>,
         authority: &str,
         req: Request<Body>,
         s: &Settings,
         own: &Own<'_>,
-        raw: Option<&HeaderName>,
+        (raw, until): (Option<&HeaderName>, tokio::time::Instant),
     ) -> Result<Response<Pooled>, SendError> {
         let (parts, body) = req.into_parts();
         let out = Outgoing::new(&parts, own, body);
         drop(parts);
-        self.send_out(authority, out, s, raw).await
+        self.send_out(authority, out, s, (raw, until)).await
     }
 
-    /// [`Pool::send`] for a request already encoded ([`Outgoing::encode`]).
+    /// [`Pool::send`] for a request already encoded ([`Outgoing::encode`]). The deadline
+    /// is kept by the connection's own timer during the exchange ([`wire::exchange`]), so
+    /// a request on a reused connection arms no new timer.
     pub async fn send_out(
         self: &Arc<Self>,
         authority: &str,
         mut out: Outgoing,
         s: &Settings,
-        raw: Option<&HeaderName>,
+        (raw, until): (Option<&HeaderName>, tokio::time::Instant),
     ) -> Result<Response<Pooled>, SendError> {
         if let Some(rid) = raw {
             out.keep_raw(rid);
@@ -169,9 +174,13 @@ impl Pool {
             };
             let (conn, reused) = match checked_out {
                 Some(c) => (c, true),
-                None => (self.connect(authority, s).await?, false),
+                // A new connection is rare enough for a timer of its own.
+                None => match tokio::time::timeout_at(until, self.connect(authority, s)).await {
+                    Ok(c) => (c?, false),
+                    Err(_) => return Err(SendError::TimedOut),
+                },
             };
-            match wire::exchange(conn, &mut out).await {
+            match wire::exchange(conn, &mut out, until).await {
                 Ok((parts, mut body)) => {
                     let home = if body.is_end_stream() {
                         if let Some(c) = body.take_idle() {
@@ -189,6 +198,7 @@ impl Pool {
                     resent = true;
                     continue;
                 }
+                Err(WireError::TimedOut) => return Err(SendError::TimedOut),
                 Err(e) => return Err(SendError::Request(e)),
             }
         }
@@ -374,6 +384,11 @@ mod tests {
         (addr, conns)
     }
 
+    /// A deadline no test reaches.
+    fn far() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(60)
+    }
+
     fn settings(idle: Duration) -> Settings {
         Settings {
             connect_timeout: Duration::from_secs(2),
@@ -393,7 +408,7 @@ mod tests {
             req,
             &settings(Duration::from_secs(30)),
             &Own::keep_all(),
-            None,
+            (None, far()),
         )
         .await
     }
@@ -408,7 +423,7 @@ mod tests {
 
     async fn fetch(pool: &Arc<Pool>, addr: &str, s: &Settings) -> Bytes {
         let res = pool
-            .send(addr, get(addr), s, &Own::keep_all(), None)
+            .send(addr, get(addr), s, &Own::keep_all(), (None, far()))
             .await
             .unwrap();
         res.into_body().collect().await.unwrap().to_bytes()
@@ -461,7 +476,7 @@ mod tests {
         let pool = Arc::new(Pool::default());
         let s = settings(Duration::from_secs(30));
         let res = pool
-            .send(&addr, get(&addr), &s, &Own::keep_all(), None)
+            .send(&addr, get(&addr), &s, &Own::keep_all(), (None, far()))
             .await
             .unwrap();
         drop(res);
@@ -482,7 +497,7 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..4 {
             held.push(
-                pool.send(&addr, get(&addr), &s, &Own::keep_all(), None)
+                pool.send(&addr, get(&addr), &s, &Own::keep_all(), (None, far()))
                     .await
                     .unwrap(),
             );
@@ -491,6 +506,98 @@ mod tests {
             res.into_body().collect().await.unwrap();
         }
         assert_eq!(pool.idle_count(), 2);
+    }
+
+    /// A loopback server that answers `GET /N` after N milliseconds, keeping the
+    /// connection; counts connections.
+    async fn slow_server() -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+                            buf.drain(..end + 4);
+                            let ms: u64 = head
+                                .split(' ')
+                                .nth(1)
+                                .and_then(|p| p.trim_start_matches('/').parse().ok())
+                                .unwrap_or(0);
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                            let out = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            if s.write_all(out).await.is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    /// The connection's timer is kept from one exchange to the next: each exchange is held
+    /// to its own deadline, later (an earlier exchange's must not cut it short) or sooner
+    /// (it must not wait for the earlier one's), and a timed-out exchange's connection is
+    /// not reused.
+    #[tokio::test]
+    async fn each_exchange_on_a_kept_connection_has_its_own_deadline() {
+        let (addr, conns) = slow_server().await;
+        let pool = Arc::new(Pool::default());
+        let s = settings(Duration::from_secs(30));
+        let get_ms = |ms: u64| {
+            Request::builder()
+                .uri(format!("/{ms}"))
+                .header(http::header::HOST, &addr)
+                .body(crate::body::empty())
+                .unwrap()
+        };
+        let at = |ms: u64| tokio::time::Instant::now() + Duration::from_millis(ms);
+        let fetch = |req, until| {
+            let pool = pool.clone();
+            let addr = addr.clone();
+            async move {
+                let res = pool
+                    .send(&addr, req, &s, &Own::keep_all(), (None, until))
+                    .await?;
+                let body = res.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(&body[..], b"ok");
+                Ok::<_, SendError>(())
+            }
+        };
+        // Armed at +300 ms.
+        fetch(get_ms(0), at(300)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Answered at about +550 ms from the first, past the first deadline.
+        let t = std::time::Instant::now();
+        fetch(get_ms(400), at(800)).await.unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(400));
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "one kept connection");
+        // A sooner deadline than the one armed: it fires at its own time.
+        let t = std::time::Instant::now();
+        let e = fetch(get_ms(1000), at(200)).await.unwrap_err();
+        assert!(matches!(e, SendError::TimedOut), "{e}");
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(190) && waited < Duration::from_millis(700),
+            "{waited:?}"
+        );
+        assert_eq!(pool.idle_count(), 0, "a timed-out connection is not kept");
+        // A new connection (the deadline covers connecting too) serves the next request.
+        fetch(get_ms(0), at(300)).await.unwrap();
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
@@ -748,7 +855,7 @@ mod tests {
             .body(crate::body::full("x"))
             .unwrap();
         let e = pool
-            .send(&addr, post, &s, &Own::keep_all(), None)
+            .send(&addr, post, &s, &Own::keep_all(), (None, far()))
             .await
             .unwrap_err();
         assert!(

@@ -71,6 +71,9 @@ pub enum WireError {
     Truncated,
     #[error("reading the request body failed")]
     RequestBody(#[source] BoxError),
+    /// The exchange's deadline passed before the response head was in.
+    #[error("the upstream did not answer in time")]
+    TimedOut,
 }
 
 impl WireError {
@@ -93,6 +96,9 @@ impl WireError {
 pub struct Conn {
     io: Io,
     buf: BytesMut,
+    /// The exchange deadline's timer, kept from one exchange to the next (see
+    /// [`Conn::arm`]).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// The socket, or its read half while a task of the exchange's still writes the request
@@ -124,6 +130,25 @@ impl Conn {
         Conn {
             io: Io::Whole(io),
             buf: BytesMut::new(),
+            timer: None,
+        }
+    }
+
+    /// The connection's timer, set to `until`. Why one per connection rather than a
+    /// `tokio::time::timeout` per exchange: a new timer takes the runtime's timer lock
+    /// twice (into the wheel on its first poll, out of it when dropped), while moving a
+    /// registered one to a later deadline is one atomic exchange (tokio's
+    /// `TimerEntry::reset` extends in place; the wheel finds the new deadline when the old
+    /// one comes round). Deadlines on one connection only move forward, so after the first
+    /// exchange that is the usual case. The timer stays registered while the connection is
+    /// idle; when it comes due it wakes the task that last waited on it, once, for nothing.
+    fn arm(&mut self, until: tokio::time::Instant) -> Pin<Box<tokio::time::Sleep>> {
+        match self.timer.take() {
+            Some(mut t) => {
+                t.as_mut().reset(until);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(until)),
         }
     }
 
@@ -412,10 +437,61 @@ impl Drop for Upload {
 pub async fn exchange(
     mut conn: Conn,
     out: &mut Outgoing,
+    until: tokio::time::Instant,
 ) -> Result<(http::response::Parts, WireBody), WireError> {
     if let Some(e) = out.failure() {
         return Err(e);
     }
+    let mut timer = conn.arm(until);
+    let (head, upload, reuse) = {
+        let io = std::pin::pin!(exchange_io(&mut conn, out));
+        Deadline {
+            io,
+            timer: timer.as_mut(),
+        }
+        .await?
+    };
+    conn.timer = Some(timer);
+    let body = WireBody {
+        conn: Some(conn),
+        framing: head.framing,
+        keep: head.keep && reuse,
+        upload,
+        raw: head.raw,
+    };
+    Ok((head.parts, body))
+}
+
+/// An exchange up to its response head, or [`WireError::TimedOut`] when the timer fires
+/// first.
+struct Deadline<'a, F> {
+    io: Pin<&'a mut F>,
+    timer: Pin<&'a mut tokio::time::Sleep>,
+}
+
+impl<F, T> std::future::Future for Deadline<'_, F>
+where
+    F: std::future::Future<Output = Result<T, WireError>>,
+{
+    type Output = Result<T, WireError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(r) = self.io.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(WireError::TimedOut)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The exchange's I/O: the request out, the response head in. Also says how the upload
+/// ended and whether the connection may be reused after the response.
+async fn exchange_io(
+    conn: &mut Conn,
+    out: &mut Outgoing,
+) -> Result<(Head, Option<Upload>, bool), WireError> {
     let Io::Whole(io) = &mut conn.io else {
         return Err(WireError::Malformed("a connection still busy was reused"));
     };
@@ -431,7 +507,7 @@ pub async fn exchange(
             declared: out.declared,
             counted: out.counted,
         };
-        match send_rest(&mut conn, rest).await? {
+        match send_rest(conn, rest).await? {
             Sent::All => {}
             // The answer began before the body was all sent: whatever of the body the
             // upstream has not read would be taken for the next request. Never reused.
@@ -447,18 +523,11 @@ pub async fn exchange(
             }
         }
     }
-    let head = match read_head(&mut conn, out.head, out.raw.as_ref()).await {
+    let head = match read_head(conn, out.head, out.raw.as_ref()).await {
         Ok(head) => head,
         Err(e) => return Err(broken.map_or(e, WireError::Io)),
     };
-    let body = WireBody {
-        conn: Some(conn),
-        framing: head.framing,
-        keep: head.keep && reuse,
-        upload,
-        raw: head.raw,
-    };
-    Ok((head.parts, body))
+    Ok((head, upload, reuse))
 }
 
 /// The part of a request body not in the head's write.
