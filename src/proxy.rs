@@ -157,6 +157,10 @@ where
         trusted: peer_trusted,
         tls: conn.tls,
         raw_head: conn.raw_head,
+        host_field: match &host {
+            Host::Shared(v, _) => Some(v),
+            Host::Owned(_) => None,
+        },
     };
     let mut stats = None;
     let refused_head = refused.is_some();
@@ -361,7 +365,9 @@ fn head_size<B>(req: &Request<B>) -> u64 {
     n
 }
 
-fn check_head<B>(req: &Request<B>, max: u64) -> Result<(), GatewayError> {
+/// Checks the head; answers the announced body length (a valid `Content-Length`), found
+/// in the same pass.
+fn check_head<B>(req: &Request<B>, max: u64) -> Result<Option<u64>, GatewayError> {
     if head_size(req) > max {
         return Err(GatewayError::HeadersTooLarge { limit: max });
     }
@@ -369,12 +375,16 @@ fn check_head<B>(req: &Request<B>, max: u64) -> Result<(), GatewayError> {
     // One pass over the fields, counting the few that matter (cheaper than a hashed lookup
     // per name for the usual handful of headers).
     let (mut auth, mut host, mut key, mut cls, mut te) = (0u32, 0u32, 0u32, 0u32, false);
-    for (name, _) in h.iter() {
+    let mut length = None;
+    for (name, value) in h.iter() {
         match name.as_str() {
             "authorization" => auth += 1,
             "host" => host += 1,
             "x-api-key" => key += 1,
-            "content-length" => cls += 1,
+            "content-length" => {
+                cls += 1;
+                length = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+            }
             "transfer-encoding" => te = true,
             _ => {}
         }
@@ -409,12 +419,14 @@ fn check_head<B>(req: &Request<B>, max: u64) -> Result<(), GatewayError> {
             "the request has both Content-Length and Transfer-Encoding",
         ));
     }
-    if req.uri().path().contains('#') {
+    // A byte scan: `str::contains(char)` goes through the generic `memchr`, which costs more
+    // than the scan itself for a path this short.
+    if req.uri().path().as_bytes().contains(&b'#') {
         return Err(GatewayError::BadRequest(
             "the request target contains a fragment",
         ));
     }
-    Ok(())
+    Ok(length)
 }
 
 async fn pipeline<B>(
@@ -429,7 +441,7 @@ where
     B: HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<body::BoxError>,
 {
-    check_head(&req, gw.settings.max_header_size)?;
+    let announced = check_head(&req, gw.settings.max_header_size)?;
     gw.auth.check_single(req.headers())?;
     let path = normalize_path(req.uri().path()).map_err(|e| {
         GatewayError::BadRequest(match e {
@@ -462,12 +474,7 @@ where
     // Body: refuse what is announced too large before reading any of it; cap the rest as it
     // streams.
     let (parts, incoming) = req.into_parts();
-    if let Some(len) = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    if let Some(len) = announced {
         if len > route.max_body {
             // HTTP/1 only: h2 resets just the stream, and a client that asked for
             // `100-continue` has not sent the body (reading it would ask for it).

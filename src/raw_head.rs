@@ -58,6 +58,11 @@ impl RawFields {
         }
     }
 
+    /// The head the runs are offsets into, when it was not at hand at [`RawFields::new`].
+    pub fn set_head(&mut self, head: Bytes) {
+        self.head = head;
+    }
+
     /// Adds the field line at `start..end` of the head (its CRLF included); adjacent lines
     /// join one run. `false` when the runs are full.
     pub fn push(&mut self, start: usize, end: usize) -> bool {

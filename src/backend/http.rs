@@ -57,6 +57,9 @@ pub struct Peer<'a> {
     /// The client is on the gateway's own HTTP/1 server, which can write an upstream's
     /// fields as they came ([`crate::raw_head`]).
     pub raw_head: bool,
+    /// The client's `Host` field when routing took the host from it as it is (no authority
+    /// in the request target): the host the upstream is told of, with no second lookup.
+    pub host_field: Option<&'a HeaderValue>,
 }
 
 /// A breaker admission: a half-open probe that ends without an outcome gives its slot back.
@@ -159,11 +162,18 @@ pub async fn forward(
     // Headers: everything but `Host`, which depends on the target. The host the client asked
     // for, as routing saw it: the request target's authority (HTTP/2 `:authority`, HTTP/1.1
     // absolute-form), else the Host header. An HTTP/2 client sends no Host header at all.
-    let original_host = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or_else(|| parts.headers.get(header::HOST).cloned());
+    let looked_up;
+    let original_host = match peer.host_field {
+        Some(h) => Some(h),
+        None => {
+            looked_up = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .or_else(|| parts.headers.get(header::HOST).cloned());
+            looked_up.as_ref()
+        }
+    };
     let client_version = parts.version;
     forwarded::strip_hop_by_hop(
         &mut parts.headers,
@@ -184,7 +194,7 @@ pub async fn forward(
         peer.xff,
         peer.trusted,
         peer.tls,
-        original_host.as_ref(),
+        original_host,
         via,
         (&settings.request_id_header, &cx.request_id),
     );
@@ -193,7 +203,7 @@ pub async fn forward(
         _ => Version::HTTP_11,
     };
     let keep_host = route.preserve_host && original_host.is_some();
-    let kept_host = original_host.as_ref().filter(|_| keep_host);
+    let kept_host = original_host.filter(|_| keep_host);
 
     // Body: kept in memory when a retry may have to send it again and it is small and of
     // known length; otherwise streamed, and then only the first try can carry it.

@@ -21,6 +21,9 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Header fields at most (hyper's default; more is a 431).
 pub const MAX_HEADERS: usize = 100;
 
+/// Header fields whose places in the head are kept on the stack (more go to the heap).
+const INLINE_FIELDS: usize = 24;
+
 /// The longest request target (`http::Uri`'s limit; beyond is a 414).
 pub const MAX_TARGET: usize = u16::MAX as usize - 1;
 
@@ -142,8 +145,17 @@ fn parse_inner(buf: &mut BytesMut, max_head: usize) -> Result<Parsed, Reject> {
     // Framing facts and where each field sits, so that values can be slices of the head
     // once it is frozen.
     let base = buf.as_ptr() as usize;
-    let mut spans = [[0u32; 4]; MAX_HEADERS];
     let n = req.headers.len();
+    // Room for the usual head inline; zeroing room for all hundred fields cost more than
+    // the allocation a long head takes instead.
+    let mut inline = [[0u32; 4]; INLINE_FIELDS];
+    let mut long = Vec::new();
+    let spans: &mut [[u32; 4]] = if n <= INLINE_FIELDS {
+        &mut inline[..n]
+    } else {
+        long.resize(n, [0u32; 4]);
+        &mut long[..]
+    };
     let (mut length, mut te, mut chunked, mut upgrade) = (None::<u64>, false, false, false);
     let (mut close, mut keep, mut expect) = (false, false, false);
     for (h, span) in req.headers.iter().zip(spans.iter_mut()) {
@@ -221,7 +233,7 @@ fn parse_inner(buf: &mut BytesMut, max_head: usize) -> Result<Parsed, Reject> {
         .map_err(|_| Reject::Malformed)?;
     // Room for what the gateway adds on the way to the upstream.
     let mut headers = HeaderMap::with_capacity(n + 8);
-    for &[no, nl, vo, vl] in &spans[..n] {
+    for &[no, nl, vo, vl] in spans.iter() {
         let (no, nl, vo, vl) = (no as usize, nl as usize, vo as usize, vl as usize);
         let name = HeaderName::from_bytes(&head[no..no + nl]).map_err(|_| Reject::Malformed)?;
         // httparse has checked the value's bytes (no controls but tab), which is all

@@ -741,34 +741,22 @@ fn parse_head(
     } else {
         Version::HTTP_11
     };
-    // Where each field sits in the head, so values can be slices of it once frozen.
+    // One pass over the fields, still in the read buffer, for framing, and for the runs
+    // the client can be sent as they are (`raw_head`) when that was asked for and nothing
+    // stands in its way. Offsets are from the start of the head, which is frozen after.
     let base = buf.as_ptr() as usize;
-    let spans: Vec<(usize, usize, usize, usize)> = res
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.as_ptr() as usize - base,
-                h.name.len(),
-                h.value.as_ptr() as usize - base,
-                h.value.len(),
-            )
-        })
-        .collect();
-    let n = spans.len();
-    let head = buf.split_to(len).freeze();
-
-    // One pass over the raw fields for framing, and for the runs the client can be sent as
-    // they are (`raw_head`) when that was asked for and nothing stands in its way.
+    let at = |p: *const u8| p as usize - base;
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut has_te = false;
     let mut close = version == Version::HTTP_10;
     let mut listed_any = false;
-    let mut runs = raw.map(|_| Box::new(RawFields::new(head.clone())));
-    for &(no, nl, vo, vl) in &spans {
-        let name = &head[no..no + nl];
-        let value = &head[vo..vo + vl];
+    let mut runs = raw.map(|_| Box::new(RawFields::new(Bytes::new())));
+    let head_bytes = &buf[..len];
+    for h in res.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = h.value;
+        let (no, vo, vl) = (at(name.as_ptr()), at(value.as_ptr()), value.len());
         let kind = field_kind(name);
         match kind {
             Field::ContentLength => {
@@ -814,7 +802,7 @@ fn parse_head(
             _ => continue, // framing and hop-by-hop: never in the runs
         };
         let end = vo + vl;
-        let crlf = head.get(end..end + 2) == Some(b"\r\n".as_slice());
+        let crlf = head_bytes.get(end..end + 2) == Some(b"\r\n".as_slice());
         let own = raw.is_some_and(|rid| name.eq_ignore_ascii_case(rid.as_str().as_bytes()));
         if !keep || own || listed_any || vl == 0 || !crlf || !r.push(no, end + 2) {
             runs = None;
@@ -823,8 +811,30 @@ fn parse_head(
     if listed_any {
         runs = None;
     }
+    // Where each field sits, for the values of a map (slices of the frozen head): only
+    // when the fields do not stay raw.
+    let spans: Vec<(usize, usize, usize, usize)> = if runs.is_some() {
+        Vec::new()
+    } else {
+        res.headers
+            .iter()
+            .map(|h| {
+                let (name, value) = (h.name.as_bytes(), h.value);
+                (
+                    at(name.as_ptr()),
+                    name.len(),
+                    at(value.as_ptr()),
+                    value.len(),
+                )
+            })
+            .collect()
+    };
+    let n = res.headers.len();
+    let head = buf.split_to(len).freeze();
 
-    let headers = if runs.is_some() {
+    let headers = if let Some(r) = runs.as_mut() {
+        // The runs' bytes: the head itself, moved rather than shared.
+        r.set_head(head);
         HeaderMap::new()
     } else {
         // Hop-by-hop fields, and those the upstream's `Connection` lists, are left out here
@@ -917,21 +927,49 @@ enum Field {
 
 fn field_kind(name: &[u8]) -> Field {
     let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-    // A length switch and at most two compares.
+    let is8 = |s: &str| eq_folded(name, s.as_bytes());
+    // A length switch and at most two compares; eight bytes at a time for the long names.
     match name.len() {
         2 if is("te") => Field::HopByHop,
         3 if is("via") => Field::Via,
         4 if is("date") => Field::Date,
         7 if is("trailer") || is("upgrade") => Field::HopByHop,
-        10 if is("connection") => Field::Connection,
-        10 if is("keep-alive") => Field::HopByHop,
-        14 if is("content-length") => Field::ContentLength,
-        16 if is("proxy-connection") => Field::HopByHop,
-        17 if is("transfer-encoding") => Field::TransferEncoding,
-        18 if is("proxy-authenticate") => Field::HopByHop,
-        19 if is("proxy-authorization") => Field::HopByHop,
+        10 if is8("connection") => Field::Connection,
+        10 if is8("keep-alive") => Field::HopByHop,
+        14 if is8("content-length") => Field::ContentLength,
+        16 if is8("proxy-connection") => Field::HopByHop,
+        17 if is8("transfer-encoding") => Field::TransferEncoding,
+        18 if is8("proxy-authenticate") => Field::HopByHop,
+        19 if is8("proxy-authorization") => Field::HopByHop,
         _ => Field::Other,
     }
+}
+
+/// `name` is `lower` but for ASCII case, where `lower` (at least eight bytes, as long as
+/// `name`) holds only lower-case letters and `-`: compared a word at a time, each byte of
+/// `name` with its 0x20 bit set. That bit maps upper-case letters to lower-case and keeps
+/// lower-case letters and `-`; the only other byte it maps onto one of those is CR (onto
+/// `-`), which httparse never lets into a field name, so a match is a real one.
+fn eq_folded(name: &[u8], lower: &[u8]) -> bool {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    let word = |b: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let n = lower.len();
+    if name.len() != n || n < 8 {
+        return name.eq_ignore_ascii_case(lower);
+    }
+    let mut at = 0;
+    while at + 8 < n {
+        if word(name, at) | FOLD != word(lower, at) {
+            return false;
+        }
+        at += 8;
+    }
+    // The last word may overlap the one before it.
+    word(name, n - 8) | FOLD == word(lower, n - 8)
 }
 
 /// How the rest of a response body is delimited.
@@ -1450,6 +1488,17 @@ mod tests {
             assert_eq!(field_kind(name.as_bytes()), Field::Other, "{name}");
         }
         assert_eq!(field_kind(b"Content-Length"), Field::ContentLength);
+        assert_eq!(field_kind(b"CONTENT-LENGTH"), Field::ContentLength);
+        assert_eq!(field_kind(b"Proxy-Authorization"), Field::HopByHop);
+        // One byte off, in the first word, the overlap or the last byte.
+        for near in [
+            "dontent-length",
+            "content_length",
+            "content-lengtg",
+            "connectiom",
+        ] {
+            assert_eq!(field_kind(near.as_bytes()), Field::Other, "{near}");
+        }
         assert_eq!(field_kind(b"DATE"), Field::Date);
         assert_eq!(field_kind(b"Via"), Field::Via);
     }
