@@ -335,7 +335,17 @@ pub async fn forward(
         let until = tokio::time::Instant::from_std(try_start) + limit;
         let guard = InFlight::new(t.state.clone(), up.state.clone());
         let rid = &settings.request_id_header;
-        let result = match (pooled, request) {
+        // Each branch says its outcome itself: the response is moved once fewer.
+        let timed_out = || {
+            Outcome::Failed(
+                Failure::Timeout,
+                GatewayError::UpstreamTimeout {
+                    upstream: up.name.to_string(),
+                    timeout_ms: limit.as_millis(),
+                },
+            )
+        };
+        let outcome = match (pooled, request) {
             (Some(settings), request) => {
                 let out = match request {
                     Some(r) => {
@@ -374,42 +384,46 @@ pub async fn forward(
                     .send_out(t.target.authority.as_str(), out, &settings, (raw, until))
                     .await;
                 match sent {
-                    Ok(res) => Ok(Ok(res)),
-                    Err(SendError::TimedOut) => Err(()),
+                    Ok(res) => Outcome::Response(res),
+                    Err(SendError::TimedOut) => timed_out(),
                     // The client's body broke (a bad chunk, a client gone): its fault, not
                     // the target's, and never retried.
-                    Err(e) if e.is_request_body() => Ok(Err(Err(match classify(&e, false, up) {
-                        Err(too_large) => too_large,
-                        Ok(_) => GatewayError::ClientBody,
-                    }))),
-                    Err(e) => Ok(Err(classify(&e, e.is_connect(), up))),
+                    Err(e) if e.is_request_body() => {
+                        cx.upstream_latency =
+                            Some(crate::clock::now().saturating_duration_since(started));
+                        return Err(match classify(&e, false, up) {
+                            Err(too_large) => too_large,
+                            Ok(_) => GatewayError::ClientBody,
+                        });
+                    }
+                    Err(e) => match classify(&e, e.is_connect(), up) {
+                        Ok((f, err)) => Outcome::Failed(f, err),
+                        Err(client_fault) => {
+                            cx.upstream_latency =
+                                Some(crate::clock::now().saturating_duration_since(started));
+                            return Err(client_fault);
+                        }
+                    },
                 }
             }
             (None, Some(request)) => {
                 match tokio::time::timeout_at(until, up.client.request(request)).await {
-                    Ok(Ok(res)) => Ok(Ok(res.map(Pooled::detached))),
-                    Ok(Err(e)) => Ok(Err(classify(&e, e.is_connect(), up))),
-                    Err(_elapsed) => Err(()),
+                    Ok(Ok(res)) => Outcome::Response(res.map(Pooled::detached)),
+                    Ok(Err(e)) => match classify(&e, e.is_connect(), up) {
+                        Ok((f, err)) => Outcome::Failed(f, err),
+                        Err(client_fault) => {
+                            cx.upstream_latency =
+                                Some(crate::clock::now().saturating_duration_since(started));
+                            return Err(client_fault);
+                        }
+                    },
+                    Err(_elapsed) => timed_out(),
                 }
             }
             // `direct` needs the pool.
             (None, None) => return Err(GatewayError::Internal),
         };
         cx.upstream_latency = Some(crate::clock::now().saturating_duration_since(started));
-        let outcome = match result {
-            Ok(Ok(res)) => Outcome::Response(res),
-            Ok(Err(classified)) => match classified {
-                Err(client_fault) => return Err(client_fault),
-                Ok((f, err)) => Outcome::Failed(f, err),
-            },
-            Err(_) => Outcome::Failed(
-                Failure::Timeout,
-                GatewayError::UpstreamTimeout {
-                    upstream: up.name.to_string(),
-                    timeout_ms: limit.as_millis(),
-                },
-            ),
-        };
 
         if let (Some(tr), Some(sp)) = (&cx.trace, span) {
             let o = match &outcome {
