@@ -341,6 +341,23 @@ if [ "$SKIP_PORTCULLIS" != 1 ]; then
     echo "| req/s (higher is better) | $(ratio "${MRPS[portcullis]}" "${MRPS[nginx]}") |"
     echo "| p99 latency (lower is better) | $(ratio "${MP99[portcullis]}" "${MP99[nginx]}") |"
     echo
+    # The ratio of the medians depends on which target drew a machine's slow or fast spell;
+    # each round's pair ran back to back, so its own ratio is the steadier reading.
+    echo "### portcullis / nginx, round by round"
+    echo
+    echo "| round | req/s ratio | p99 ratio |"
+    echo "|---|---:|---:|"
+    read -r -a pr <<<"${RPS[portcullis]}"; read -r -a nr <<<"${RPS[nginx]}"
+    read -r -a pp <<<"${P99[portcullis]}"; read -r -a np <<<"${P99[nginx]}"
+    RR=""; PR=""
+    for i in "${!pr[@]}"; do
+        a=$(ratio "${pr[$i]}" "${nr[$i]}"); b=$(ratio "${pp[$i]}" "${np[$i]}")
+        RR+="$a "; PR+="$b "
+        echo "| $((i + 1)) | $a | $b |"
+    done
+    # shellcheck disable=SC2086
+    echo "| median | $(median 2 $RR) | $(median 2 $PR) |"
+    echo
     if [ -n "${BASELINE_BIN:-}" ]; then
         echo "### portcullis / portcullis-base"
         echo
