@@ -250,10 +250,11 @@ pub async fn forward(
     let total = route.request_timeout.unwrap_or(up.request_timeout);
     let per_try = route.per_try_timeout.or(up.per_try_timeout);
     // The thread's last clock reading: the request's own start (`proxy::serve` reads the
-    // clock exactly) or, after a wait that parked the thread, its wake-up. One clock read
-    // fewer per request; the deadline and upstream latency count from a few microseconds
-    // earlier at most, under load.
-    let started = crate::clock::recent();
+    // clock exactly) or, after a wait that parked the thread, its wake-up; never before the
+    // request's start (a task that moved to another worker finds that worker's reading).
+    // One clock read fewer per request: the deadline and the upstream latency count from
+    // microseconds earlier than the first try, under load.
+    let started = crate::clock::recent().max(cx.started);
     let deadline = started + total;
     let set = up.targets();
     let key = up.hash_key(&parts.headers, cx.client.ip());
