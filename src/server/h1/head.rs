@@ -12,7 +12,7 @@
 //! over [`MAX_TARGET`] bytes (414).
 
 use bytes::{Buf, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
 use std::mem::MaybeUninit;
 
 /// The HTTP/2 connection preface (h2c with prior knowledge).
@@ -231,8 +231,11 @@ fn parse_inner(buf: &mut BytesMut, max_head: usize) -> Result<Parsed, Reject> {
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target_at..target_at + target_len))
         .map_err(|_| Reject::Malformed)?;
-    // Room for what the gateway adds on the way to the upstream.
-    let mut headers = HeaderMap::with_capacity(n + 8);
+    // The fields go straight into the request's own map (one built, none dropped), with
+    // room for what the gateway adds on the way to the upstream.
+    let mut request = Request::new(());
+    let headers = request.headers_mut();
+    headers.reserve(n + 8);
     for &[no, nl, vo, vl] in spans.iter() {
         let (no, nl, vo, vl) = (no as usize, nl as usize, vo as usize, vl as usize);
         let name = HeaderName::from_bytes(&head[no..no + nl]).map_err(|_| Reject::Malformed)?;
@@ -242,7 +245,6 @@ fn parse_inner(buf: &mut BytesMut, max_head: usize) -> Result<Parsed, Reject> {
             .map_err(|_| Reject::Malformed)?;
         headers.append(name, value);
     }
-    let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = if http10 {
@@ -250,7 +252,6 @@ fn parse_inner(buf: &mut BytesMut, max_head: usize) -> Result<Parsed, Reject> {
     } else {
         Version::HTTP_11
     };
-    *request.headers_mut() = headers;
     let body = match length {
         _ if chunked => BodyKind::Chunked,
         Some(0) | None => BodyKind::None,

@@ -832,10 +832,12 @@ fn parse_head(
     let n = res.headers.len();
     let head = buf.split_to(len).freeze();
 
+    // `None`: the fields stay raw, and the response keeps the empty map it is made with
+    // (replacing it would drop one map and build another for nothing).
     let headers = if let Some(r) = runs.as_mut() {
         // The runs' bytes: the head itself, moved rather than shared.
         r.set_head(head);
-        HeaderMap::new()
+        None
     } else {
         // Hop-by-hop fields, and those the upstream's `Connection` lists, are left out here
         // rather than removed from the map later (`forwarded::strip_response_hop_by_hop`,
@@ -865,7 +867,7 @@ fn parse_head(
             // the client, whose framing it would then decide.
             headers.remove(header::CONTENT_LENGTH);
         }
-        headers
+        Some(headers)
     };
 
     if has_te && version == Version::HTTP_10 {
@@ -897,7 +899,9 @@ fn parse_head(
     let mut res = Response::new(());
     *res.status_mut() = status;
     *res.version_mut() = version;
-    *res.headers_mut() = headers;
+    if let Some(h) = headers {
+        *res.headers_mut() = h;
+    }
     let raw = runs.map(|mut r| {
         // A length beside Transfer-Encoding frames nothing (see above).
         r.length = length.filter(|_| !has_te);
