@@ -511,41 +511,18 @@ mod tests {
     /// A loopback server that answers `GET /N` after N milliseconds, keeping the
     /// connection; counts connections.
     async fn slow_server() -> (String, Arc<AtomicUsize>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let counted = conns.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
-                            buf.drain(..end + 4);
-                            let ms: u64 = head
-                                .split(' ')
-                                .nth(1)
-                                .and_then(|p| p.trim_start_matches('/').parse().ok())
-                                .unwrap_or(0);
-                            tokio::time::sleep(Duration::from_millis(ms)).await;
-                            let out = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                            if s.write_all(out).await.is_err() {
-                                return;
-                            }
-                        }
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                });
-            }
-        });
-        (addr, conns)
+        paced_server(|head, _| {
+            let ms: u64 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|p| p.trim_start_matches('/').parse().ok())
+                .unwrap_or(0);
+            (
+                Duration::from_millis(ms),
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            )
+        })
+        .await
     }
 
     /// The connection's timer is kept from one exchange to the next: each exchange is held
@@ -616,6 +593,14 @@ mod tests {
     /// (`n`: the request's index on its connection), on the same connection; the bytes are
     /// sent as they are, and an empty answer closes the connection. Counts connections.
     async fn raw_server(answer: fn(&str, usize) -> Vec<u8>) -> (String, Arc<AtomicUsize>) {
+        paced_server(move |head, n| (Duration::ZERO, answer(head, n))).await
+    }
+
+    /// [`raw_server`] whose answers also say how long to wait before they are sent.
+    async fn paced_server<F>(answer: F) -> (String, Arc<AtomicUsize>)
+    where
+        F: Fn(&str, usize) -> (Duration, Vec<u8>) + Copy + Send + 'static,
+    {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -632,8 +617,11 @@ mod tests {
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
                             buf.drain(..end + 4);
-                            let out = answer(&head, n);
+                            let (wait, out) = answer(&head, n);
                             n += 1;
+                            if !wait.is_zero() {
+                                tokio::time::sleep(wait).await;
+                            }
                             if out.is_empty() || s.write_all(&out).await.is_err() {
                                 return;
                             }
