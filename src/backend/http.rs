@@ -336,17 +336,21 @@ pub async fn forward(
         let until = tokio::time::Instant::from_std(try_start) + limit;
         let guard = InFlight::new(t.state.clone(), up.state.clone());
         let rid = &settings.request_id_header;
-        // Each branch says its outcome itself: the response is moved once fewer.
+        // Each branch says its outcome itself (the response is moved once fewer than through
+        // a nested result); `Err` is the client's fault, the request's answer.
         let timed_out = || {
-            Outcome::Failed(
+            Ok(Outcome::Failed(
                 Failure::Timeout,
                 GatewayError::UpstreamTimeout {
                     upstream: up.name.to_string(),
                     timeout_ms: limit.as_millis(),
                 },
-            )
+            ))
         };
-        let outcome = match (pooled, request) {
+        let failed = |c: Result<(Failure, GatewayError), GatewayError>| {
+            c.map(|(f, err)| Outcome::Failed(f, err))
+        };
+        let outcome: Result<Outcome, GatewayError> = match (pooled, request) {
             (Some(settings), request) => {
                 let out = match request {
                     Some(r) => {
@@ -385,39 +389,21 @@ pub async fn forward(
                     .send_out(t.target.authority.as_str(), out, &settings, (raw, until))
                     .await;
                 match sent {
-                    Ok(res) => Outcome::Response(res),
+                    Ok(res) => Ok(Outcome::Response(res)),
                     Err(SendError::TimedOut) => timed_out(),
                     // The client's body broke (a bad chunk, a client gone): its fault, not
                     // the target's, and never retried.
-                    Err(e) if e.is_request_body() => {
-                        cx.upstream_latency =
-                            Some(crate::clock::now().saturating_duration_since(started));
-                        return Err(match classify(&e, false, up) {
-                            Err(too_large) => too_large,
-                            Ok(_) => GatewayError::ClientBody,
-                        });
-                    }
-                    Err(e) => match classify(&e, e.is_connect(), up) {
-                        Ok((f, err)) => Outcome::Failed(f, err),
-                        Err(client_fault) => {
-                            cx.upstream_latency =
-                                Some(crate::clock::now().saturating_duration_since(started));
-                            return Err(client_fault);
-                        }
-                    },
+                    Err(e) if e.is_request_body() => Err(match classify(&e, false, up) {
+                        Err(too_large) => too_large,
+                        Ok(_) => GatewayError::ClientBody,
+                    }),
+                    Err(e) => failed(classify(&e, e.is_connect(), up)),
                 }
             }
             (None, Some(request)) => {
                 match tokio::time::timeout_at(until, up.client.request(request)).await {
-                    Ok(Ok(res)) => Outcome::Response(res.map(Pooled::detached)),
-                    Ok(Err(e)) => match classify(&e, e.is_connect(), up) {
-                        Ok((f, err)) => Outcome::Failed(f, err),
-                        Err(client_fault) => {
-                            cx.upstream_latency =
-                                Some(crate::clock::now().saturating_duration_since(started));
-                            return Err(client_fault);
-                        }
-                    },
+                    Ok(Ok(res)) => Ok(Outcome::Response(res.map(Pooled::detached))),
+                    Ok(Err(e)) => failed(classify(&e, e.is_connect(), up)),
                     Err(_elapsed) => timed_out(),
                 }
             }
@@ -425,6 +411,7 @@ pub async fn forward(
             (None, None) => return Err(GatewayError::Internal),
         };
         cx.upstream_latency = Some(crate::clock::now().saturating_duration_since(started));
+        let outcome = outcome?;
 
         if let (Some(tr), Some(sp)) = (&cx.trace, span) {
             let o = match &outcome {
