@@ -288,7 +288,14 @@ echo
 echo "| round | target | req/s | p50 ms | p99 ms | non-2xx/3xx | socket errors | other CPU |"
 echo "|---|---|---:|---:|---:|---:|---|---:|"
 for r in $(seq "$ROUNDS"); do
-    for t in "${TARGETS[@]}"; do
+    # The proxies swap places every other round (the upstream stays first): a machine that
+    # drifts within a round then favours neither, and each pair still runs back to back.
+    ORDER=("${TARGETS[@]}")
+    if [ $((r % 2)) = 0 ]; then
+        ORDER=(upstream)
+        for ((i = ${#TARGETS[@]} - 1; i >= 1; i--)); do ORDER+=("${TARGETS[$i]}"); done
+    fi
+    for t in "${ORDER[@]}"; do
         out="$WORK/wrk-$r-$t.txt"
         wait_quiet
         before=$(cpu_snapshot)
@@ -332,6 +339,23 @@ for t in "${TARGETS[@]}"; do
 done
 echo
 
+# sign_count up|down RATIO...: how many ratios are above (up) or below (down) 1.
+sign_count() {
+    local dir=$1; shift
+    printf '%s\n' "$@" | awk -v d="$dir" '(d == "up" && $1 > 1) || (d == "down" && $1 < 1) { k++ } END { print k + 0 }'
+}
+# median_interval RATIO...: "[lo, hi]", the 95% distribution-free interval of the median,
+# or "n/a" with fewer than 6 rounds (no such interval at 95% then).
+median_interval() {
+    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
+        n = NR; k = 0; c = 0; p = 0.5 ^ n; b = p
+        # cumulative binomial: c = P(X <= j); the interval is ranks k+1 .. n-k for the largest
+        # k with P(X <= k - 1) <= 0.025 (i.e. rank k itself still inside the 2.5% tail)
+        for (j = 0; j < n; j++) { c += b; if (c > 0.025) break; k = j + 1; b = b * (n - j) / (j + 1) }
+        if (k < 1) { print "n/a (too few rounds)"; exit }
+        printf "[%.2f, %.2f]", a[k], a[n + 1 - k] }'
+}
+
 if [ "$SKIP_PORTCULLIS" != 1 ]; then
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
     echo "### portcullis / nginx"
@@ -357,6 +381,15 @@ if [ "$SKIP_PORTCULLIS" != 1 ]; then
     done
     # shellcheck disable=SC2086
     echo "| median | $(median 2 $RR) | $(median 2 $PR) |"
+    echo
+    # How sure the median is: rounds on each side of 1, and a distribution-free 95% interval
+    # for the median ratio (order statistics of the rounds: the k-th smallest and largest,
+    # k the largest rank with P(Binomial(n, 1/2) < k) <= 2.5%). A "matches" reading is an
+    # interval that holds 1.00 or lies above it.
+    # shellcheck disable=SC2086
+    echo "req/s: portcullis ahead in $(sign_count up $RR) of ${#pr[@]} rounds, 95% interval of the median ratio $(median_interval $RR)"
+    # shellcheck disable=SC2086
+    echo "p99: portcullis lower in $(sign_count down $PR) of ${#pr[@]} rounds, 95% interval of the median ratio $(median_interval $PR)"
     echo
     if [ -n "${BASELINE_BIN:-}" ]; then
         echo "### portcullis / portcullis-base"
