@@ -9,7 +9,9 @@
 #   BENCH_DURATION=8s   wrk -d per measured run
 #   BENCH_ROUNDS=2      rounds (nginx, portcullis, ...)
 #   CALLGRIND=0         1: also count instructions per request (needs valgrind)
-#   CALLGRIND_KEEP=DIR  keep the callgrind profile there (cg.out, n) for callgrind_annotate
+#   CALLGRIND_KEEP=DIR  keep the profiles there (cg.out and n for Portcullis, nginx.cg.out and
+#                       nginx.n for nginx) for callgrind_annotate
+#   CACHE_SIM=1         with CALLGRIND=1: also simulate caches and branch prediction
 #   SKIP_BUILD=1        use the existing release binary
 #   BIN=PATH            the portcullis binary (default $CARGO_TARGET_DIR/release/portcullis)
 #   PROXY_CPU=0 LOAD_CPU=1
@@ -94,23 +96,62 @@ for _ in $(seq "$ROUNDS"); do
 done
 
 if [ "${CALLGRIND:-0}" = 1 ]; then
-    kill "$PORTCULLIS"; wait "$PORTCULLIS" 2>/dev/null || true
-    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" "$BIN" run -c "$WORK/p.yaml" \
-        >"$WORK/cg.log" 2>&1 &
-    VG=$!; PIDS+=($!)
-    ready "$PC"
-    for _ in $(seq 200); do curl -fsS -o /dev/null "http://127.0.0.1:$PC$REQ_PATH"; done
-    callgrind_control -z "$VG" >/dev/null 2>&1
-    taskset -c "$LOAD_CPU" wrk -t1 -c20 -d"$DURATION" "http://127.0.0.1:$PC$REQ_PATH" >"$WORK/wrk.out"
-    n=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
-    callgrind_control -d "$VG" >/dev/null 2>&1
-    sleep 1
-    kill "$VG"; wait "$VG" 2>/dev/null || true
-    f="$WORK/cg.out.1" # the dump taken after the load; cg.out itself holds only the exit
-    ir=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    # Both proxies under callgrind, one after the other, on the same load (wrk -c20 after a
+    # warm-up, counters zeroed in between); nginx as one process (`master_process off`) so
+    # the worker is the process counted. CACHE_SIM=1 adds callgrind's cache and branch
+    # simulation: instruction- and data-cache misses and mispredicted branches per request,
+    # also repeatable, and the reason equal instruction counts can still take unequal time.
+    kill "$PORTCULLIS" "$NGINX_MASTER"; wait "$PORTCULLIS" "$NGINX_MASTER" 2>/dev/null || true
+    SIM=()
+    [ "${CACHE_SIM:-0}" = 1 ] && SIM=(--cache-sim=yes --branch-sim=yes)
+    count() { # count NAME PORT COMMAND...: prints one table row, keeps the profile in $WORK/NAME.cg
+        local name=$1 port=$2 vg n f
+        shift 2
+        taskset -c "$PROXY_CPU" valgrind --tool=callgrind "${SIM[@]}" \
+            --callgrind-out-file="$WORK/$name.cg" "$@" >"$WORK/$name.vg.log" 2>&1 &
+        vg=$!; PIDS+=($!)
+        ready "$port"
+        for _ in $(seq 200); do curl -fsS -o /dev/null "http://127.0.0.1:$port$REQ_PATH"; done
+        callgrind_control -z "$vg" >/dev/null 2>&1
+        taskset -c "$LOAD_CPU" wrk -t1 -c20 -d"$DURATION" "http://127.0.0.1:$port$REQ_PATH" >"$WORK/wrk.out"
+        n=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
+        callgrind_control -d "$vg" >/dev/null 2>&1
+        sleep 1
+        kill "$vg"; wait "$vg" 2>/dev/null || true
+        f=$(ls "$WORK/$name.cg."* | head -1) # the dump taken after the load
+        mv "$f" "$WORK/$name.cg"; echo "$n" >"$WORK/$name.n"
+        # PROGRAM TOTALS carries one count per event, in the order of the "Events shown" line.
+        callgrind_annotate "$WORK/$name.cg" 2>/dev/null | awk -v n="$n" -v name="$name" '
+            /^Events shown:/ { for (i = 3; i <= NF; i++) ev[i - 2] = $i; ne = NF - 2 }
+            /PROGRAM TOTALS/ { k = 0
+                for (i = 1; i <= NF; i++) { v = $i; gsub(",", "", v); if (v ~ /^[0-9]+$/) c[ev[++k]] = v }
+                if ("I1mr" in c)
+                    printf "| %s | %d | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", name, n, c["Ir"] / n,
+                        c["Dw"] / n, c["I1mr"] / n, (c["D1mr"] + c["D1mw"]) / n, c["Bcm"] / n, c["Bim"] / n
+                else
+                    printf "| %s | %d | %.0f |\n", name, n, c["Ir"] / n }'
+    }
     echo
-    echo "callgrind: $n requests, $ir instructions, $((ir / n)) instructions per request (user space)"
+    if [ ${#SIM[@]} -gt 0 ]; then
+        echo "## callgrind, per request (user space, with cache and branch simulation)"
+        echo
+        echo "| target | requests | instructions | data writes | I1 misses | D1 misses | cond. mispredicts | indirect mispredicts |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    else
+        echo "## callgrind, per request (user space)"
+        echo
+        echo "| target | requests | instructions |"
+        echo "|---|---:|---:|"
+    fi
+    count nginx "$NG" nginx -p "$WORK" -c "$WORK/px.conf" -e "$WORK/px.err" -g 'master_process off;'
+    count portcullis "$PC" "$BIN" run -c "$WORK/p.yaml"
+    if [ ${#SIM[@]} -gt 0 ]; then
+        echo
+        sed -n 's/^desc: \(I1\|D1\)\( cache: .*\)/- simulated \1\2/p' "$WORK/portcullis.cg"
+    fi
     if [ -n "${CALLGRIND_KEEP:-}" ]; then
-        mkdir -p "$CALLGRIND_KEEP" && cp "$f" "$CALLGRIND_KEEP/cg.out" && echo "$n" >"$CALLGRIND_KEEP/n"
+        mkdir -p "$CALLGRIND_KEEP"
+        cp "$WORK/portcullis.cg" "$CALLGRIND_KEEP/cg.out" && cp "$WORK/portcullis.n" "$CALLGRIND_KEEP/n"
+        cp "$WORK/nginx.cg" "$CALLGRIND_KEEP/nginx.cg.out" && cp "$WORK/nginx.n" "$CALLGRIND_KEEP/nginx.n"
     fi
 fi
