@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Where a proxied request's CPU goes: user and kernel microseconds per request for nginx and
 # Portcullis on the bench route, read from /proc/PID/stat around a wrk run, and (CALLGRIND=1)
-# Portcullis's user-space instructions per request under callgrind, which are repeatable
-# whatever else the machine is doing.
+# both proxies' user-space instructions per request under callgrind (CACHE_SIM=1: with cache
+# misses and mispredicted branches), which are repeatable whatever else the machine is doing.
 #
 # Usage: bench/cost.sh
 # Env knobs:
@@ -122,7 +122,7 @@ if [ "${CALLGRIND:-0}" = 1 ]; then
         mv "$f" "$WORK/$name.cg"; echo "$n" >"$WORK/$name.n"
         # PROGRAM TOTALS carries one count per event, in the order of the "Events shown" line.
         callgrind_annotate "$WORK/$name.cg" 2>/dev/null | awk -v n="$n" -v name="$name" '
-            /^Events shown:/ { for (i = 3; i <= NF; i++) ev[i - 2] = $i; ne = NF - 2 }
+            /^Events shown:/ { for (i = 3; i <= NF; i++) ev[i - 2] = $i }
             /PROGRAM TOTALS/ { k = 0
                 for (i = 1; i <= NF; i++) { v = $i; gsub(",", "", v); if (v ~ /^[0-9]+$/) c[ev[++k]] = v }
                 if ("I1mr" in c)

@@ -348,9 +348,9 @@ sign_count() {
 # or "n/a" with fewer than 6 rounds (no such interval at 95% then).
 median_interval() {
     printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
-        n = NR; k = 0; c = 0; p = 0.5 ^ n; b = p
-        # cumulative binomial: c = P(X <= j); the interval is ranks k+1 .. n-k for the largest
-        # k with P(X <= k - 1) <= 0.025 (i.e. rank k itself still inside the 2.5% tail)
+        n = NR; k = 0; c = 0; b = 0.5 ^ n
+        # b = P(X = j) and c = P(X <= j) for X ~ Binomial(n, 1/2); the interval is ranks
+        # k .. n+1-k for the largest k with P(X <= k - 1) <= 0.025
         for (j = 0; j < n; j++) { c += b; if (c > 0.025) break; k = j + 1; b = b * (n - j) / (j + 1) }
         if (k < 1) { print "n/a (too few rounds)"; exit }
         printf "[%.2f, %.2f]", a[k], a[n + 1 - k] }'
@@ -384,8 +384,9 @@ if [ "$SKIP_PORTCULLIS" != 1 ]; then
     echo
     # How sure the median is: rounds on each side of 1, and a distribution-free 95% interval
     # for the median ratio (order statistics of the rounds: the k-th smallest and largest,
-    # k the largest rank with P(Binomial(n, 1/2) < k) <= 2.5%). A "matches" reading is an
-    # interval that holds 1.00 or lies above it.
+    # k the largest rank with P(Binomial(n, 1/2) < k) <= 2.5%). "At least matches" reads as
+    # an interval that holds 1.00 or lies on the better side of it (above for req/s, below
+    # for p99).
     # shellcheck disable=SC2086
     echo "req/s: portcullis ahead in $(sign_count up $RR) of ${#pr[@]} rounds, 95% interval of the median ratio $(median_interval $RR)"
     # shellcheck disable=SC2086
