@@ -68,6 +68,62 @@ async fn reload_changes_routing_and_bumps_the_generation() {
     gw.shutdown_within(Duration::from_secs(2)).await;
 }
 
+/// One request on a kept-alive raw connection; the status and body of its answer.
+async fn exchange(s: &mut tokio::net::TcpStream, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("a Content-Length");
+            if buf.len() >= end + 4 + len {
+                let status = head[9..12].parse().unwrap();
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                return (status, body);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "the gateway closed the kept connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A connection keeps the config snapshot of its last request only until a reload is
+/// published: the next request on the same connection is routed by the new config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_sees_the_reloaded_config_on_its_next_request() {
+    let up = upstream("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "gw.yaml", &config(up.addr, ""));
+    let gw = start(&path, false).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    assert_eq!(exchange(&mut s, "/v2").await.0, 404);
+    assert_eq!(exchange(&mut s, "/v2").await.0, 404);
+
+    write(dir.path(), "gw.yaml", &config(up.addr, V2_ROUTE));
+    assert_eq!(gw.reload().await.expect("reload"), 2);
+    assert_eq!(exchange(&mut s, "/v2").await, (200, "v2-here".to_owned()));
+
+    write(dir.path(), "gw.yaml", &config(up.addr, ""));
+    assert_eq!(gw.reload().await.expect("reload"), 3);
+    assert_eq!(exchange(&mut s, "/v2").await.0, 404);
+    gw.shutdown_within(Duration::from_secs(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_reload_keeps_the_old_config_serving() {
     let up = upstream("a").await;
